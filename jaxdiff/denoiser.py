@@ -1,0 +1,144 @@
+"""The Denoiser: the one boundary every algorithm in jaxdiff consumes.
+
+A denoiser is a pure function ``(x, t, cond) -> x0_hat``:
+
+  x:    (B, ...) noisy state x_t = alpha(t) x0 + sigma(t) eps, float32
+  t:    () or (B,) continuous time in [0, 1]
+  cond: None, or a pytree whose leaves have leading dimension B (class indices of shape (B,),
+        int32, with index ``num_classes`` the unconditional token; or condition vectors)
+
+and it exposes ``eps`` / ``score`` / ``v`` views computed from x0_hat (Tweedie).  Denoisers are
+pytrees: network parameters and guidance scales are leaves (traced under jit, so changing them
+never recompiles) while the network definition, the schedule and the parameterization are static.
+
+Samplers, guidance transforms, search, classifiers and distillation take a Denoiser, never a raw
+network.  Guidance methods are Denoiser -> Denoiser transforms (see ``jaxdiff.guidance``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff import parameterization as P
+from jaxdiff.schedules import Schedule
+
+Array = jax.Array
+ApplyFn = Callable[[Any, Array, Array, Any], Array]
+
+
+def batch_times(t: Array, x: Array) -> Array:
+    """Broadcasts t of shape () or (B,) to (B,) float32 for x of shape (B, ...)."""
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
+        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {t.shape}")
+    return jnp.broadcast_to(t, (x.shape[0],))
+
+
+def check_cond_batch(cond: Any, batch: int) -> None:
+    """Raises a ValueError if some leaf of ``cond`` does not have leading dimension ``batch``."""
+    for leaf in jax.tree_util.tree_leaves(cond):
+        shape = jnp.shape(leaf)
+        if len(shape) == 0 or shape[0] != batch:
+            raise ValueError(f"cond batch size mismatch: x has batch {batch} but a condition "
+                             f"leaf has shape {tuple(shape)}")
+
+
+class DenoiserBase:
+    """Interface: subclasses implement ``x0(x, t, cond)`` and the ``schedule`` property."""
+
+    @property
+    def schedule(self) -> Schedule:
+        raise NotImplementedError
+
+    def x0(self, x: Array, t: Array, cond: Any = None) -> Array:
+        raise NotImplementedError
+
+    def __call__(self, x: Array, t: Array, cond: Any = None) -> Array:
+        return self.x0(x, t, cond)
+
+    def eps(self, x: Array, t: Array, cond: Any = None) -> Array:
+        """eps_hat = (x - alpha x0_hat) / sigma."""
+        t = batch_times(t, x)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return P.eps_from_x0(x, self.x0(x, t, cond), alpha, sigma)
+
+    def score(self, x: Array, t: Array, cond: Any = None) -> Array:
+        """grad_x log p_t(x | cond) = -(x - alpha x0_hat) / sigma^2."""
+        t = batch_times(t, x)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return P.score_from_x0(x, self.x0(x, t, cond), alpha, sigma)
+
+    def v(self, x: Array, t: Array, cond: Any = None) -> Array:
+        t = batch_times(t, x)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        x0 = self.x0(x, t, cond)
+        return P.v_from_x0_eps(x0, P.eps_from_x0(x, x0, alpha, sigma), alpha, sigma)
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoiser(DenoiserBase):
+    """A network plus schedule plus parameterization, as a pure pytree callable.
+
+    Args:
+      apply_fn: ``apply_fn(params, x_in, c_noise, cond) -> F``, the raw network, with
+        x_in = c_in x / alpha of shape (B, ...) and c_noise of shape (B,).  Must be hashable
+        (a module-level function, or a frozen dataclass / ``functools.partial`` of one).
+      params: the network's parameters (any pytree; the traced part).
+      schedule_: the noise process.
+      param: how F maps to x0_hat.
+    """
+
+    apply_fn: ApplyFn
+    params: Any
+    schedule_: Schedule
+    param: P.Parameterization = P.Parameterization()
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.schedule_
+
+    def network_output(self, x: Array, t: Array, cond: Any = None) -> Array:
+        """F evaluated on the preconditioned inputs."""
+        t = batch_times(t, x)
+        check_cond_batch(cond, x.shape[0])
+        alpha, sigma = self.schedule_.alpha_sigma(t)
+        x_in = self.param.network_input(x, alpha, sigma)
+        c_noise = self.param.noise_input(t, alpha, sigma)
+        return self.apply_fn(self.params, x_in, c_noise, cond)
+
+    def x0(self, x: Array, t: Array, cond: Any = None) -> Array:
+        t = batch_times(t, x)
+        alpha, sigma = self.schedule_.alpha_sigma(t)
+        out = self.network_output(x, t, cond)
+        return self.param.to_x0(out.astype(jnp.float32), x, alpha, sigma)
+
+
+jax.tree_util.register_dataclass(
+    Denoiser, data_fields=["params"], meta_fields=["apply_fn", "schedule_", "param"])
+
+
+def nnx_apply(graphdef, state, x_in, c_noise, cond):
+    """``apply_fn`` for a Flax NNX network: merges (graphdef, state) and calls it.
+
+    The network is called as ``net(x_in, c_noise, cond)`` in inference mode.
+    """
+    from flax import nnx  # local: keep the core importable without flax
+
+    net = nnx.merge(graphdef, state)
+    return net(x_in, c_noise, cond)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NNXApply:
+    graphdef: Any
+
+    def __call__(self, params, x_in, c_noise, cond):
+        return nnx_apply(self.graphdef, params, x_in, c_noise, cond)
+
+
+def from_nnx(graphdef, params, schedule: Schedule, param: P.Parameterization) -> Denoiser:
+    """A Denoiser from an NNX network split as ``graphdef, params = nnx.split(net)``."""
+    return Denoiser(apply_fn=_NNXApply(graphdef), params=params, schedule_=schedule, param=param)

@@ -1,0 +1,1 @@
+"""Metrics: two-sample distances for toy data (more in later modules)."""

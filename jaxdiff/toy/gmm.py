@@ -1,0 +1,230 @@
+"""Analytic Gaussian-mixture oracle (shared/methods.md section 0).
+
+Data: x0 ~ sum_k pi_k N(mu_k, s_k^2 I) in d dimensions; each component k belongs to a class
+c_k in {0, ..., C-1}.  Under any forward process x_t = alpha x0 + sigma eps everything is exact:
+
+  p_t(x)          = sum_k pi_k N(x; alpha mu_k, v_k I),      v_k = alpha^2 s_k^2 + sigma^2
+  r_k(x)          = pi_k N(x; alpha mu_k, v_k I) / p_t(x)    (responsibilities)
+  score(x)        = -sum_k r_k (x - alpha mu_k) / v_k
+  E[x0 | x_t = x] = sum_k r_k [mu_k + (alpha s_k^2 / v_k)(x - alpha mu_k)]
+  p(c | x_t)      = sum_{k in c} r_k
+
+Class-conditional quantities restrict the sums to the components of class c.  A reward tilt
+p0(x) exp(lambda r(x)) with r(x) = -||x - a||^2 / (2 tau^2) is again a Gaussian mixture (see
+``GMM.tilt``), which gives exact targets for search, tree sampling and fine-tuning tests.
+
+The oracle is a pytree (means, stds, log-weights are leaves; component classes are leaves too,
+the number of classes is static), and ``oracle_denoiser`` wraps it as a ``Denoiser`` with the
+x0 parameterization.
+"""
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import parameterization as P
+from jaxdiff.denoiser import Denoiser, batch_times
+from jaxdiff.schedules import Schedule
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GMM:
+    """An isotropic Gaussian mixture.
+
+    Fields:
+      means:       (K, d) component means.
+      stds:        (K,) per-component standard deviations s_k.
+      log_weights: (K,) log pi_k (normalised).
+      classes:     (K,) int32 class of each component, in [0, num_classes).
+      num_classes: number of classes C (static); index C is the unconditional token.
+    """
+
+    means: Array
+    stds: Array
+    log_weights: Array
+    classes: Array
+    num_classes: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[-1])
+
+    @property
+    def num_components(self) -> int:
+        return int(self.means.shape[0])
+
+    # --- exact densities -------------------------------------------------------------------
+    def _class_mask(self, cond: Array | None, batch: int) -> Array:
+        """(B, K) bool: components allowed for each example (all for None / the null token)."""
+        if cond is None:
+            return jnp.ones((batch, self.num_components), bool)
+        cond = jnp.asarray(cond, jnp.int32)
+        cond = jnp.broadcast_to(cond, (batch,))
+        null = cond[:, None] >= self.num_classes
+        return null | (self.classes[None, :] == cond[:, None])
+
+    def log_joint(self, x: Array, alpha: Array, sigma: Array) -> Array:
+        """(B, K): log pi_k + log N(x; alpha mu_k, v_k I).  x: (B, d); alpha, sigma: (B,)."""
+        alpha = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), x.shape[:1])[:, None]
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])[:, None]
+        v = alpha**2 * self.stds[None, :] ** 2 + sigma**2                        # (B, K)
+        sq = jnp.sum((x[:, None, :] - alpha[..., None] * self.means[None]) ** 2, -1)  # (B, K)
+        return self.log_weights[None] - 0.5 * sq / v - 0.5 * self.dim * jnp.log(2 * jnp.pi * v)
+
+    def log_responsibilities(self, x, alpha, sigma, cond=None) -> Array:
+        """(B, K) log r_k(x), restricted and renormalised to the class of ``cond``."""
+        lj = jnp.where(self._class_mask(cond, x.shape[0]), self.log_joint(x, alpha, sigma),
+                       -jnp.inf)
+        return lj - jax.nn.logsumexp(lj, axis=-1, keepdims=True)
+
+    def log_prob(self, x, alpha, sigma, cond=None) -> Array:
+        """(B,) log p_t(x | cond)."""
+        lj = jnp.where(self._class_mask(cond, x.shape[0]), self.log_joint(x, alpha, sigma),
+                       -jnp.inf)
+        lp = jax.nn.logsumexp(lj, axis=-1)
+        if cond is None:
+            return lp
+        # p(x | c) = p(x, c) / pi(c)
+        return lp - self._log_class_prior(cond, x.shape[0])
+
+    def _log_class_prior(self, cond, batch) -> Array:
+        mask = self._class_mask(cond, batch)
+        return jax.nn.logsumexp(jnp.where(mask, self.log_weights[None], -jnp.inf), axis=-1)
+
+    def class_log_posterior(self, x, alpha, sigma) -> Array:
+        """(B, C) exact log p(c | x_t)."""
+        lr = self.log_responsibilities(x, alpha, sigma)
+        onehot = self.classes[:, None] == jnp.arange(self.num_classes)[None, :]      # (K, C)
+        return jax.nn.logsumexp(jnp.where(onehot[None], lr[:, :, None], -jnp.inf), axis=1)
+
+    def posterior_mean(self, x, alpha, sigma, cond=None) -> Array:
+        """(B, d) E[x0 | x_t = x, cond]."""
+        r = jnp.exp(self.log_responsibilities(x, alpha, sigma, cond))             # (B, K)
+        alpha = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), x.shape[:1])[:, None, None]
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])[:, None, None]
+        s2 = self.stds[None, :, None] ** 2
+        v = alpha**2 * s2 + sigma**2
+        comp = self.means[None] + (alpha * s2 / v) * (x[:, None, :] - alpha * self.means[None])
+        return jnp.sum(r[..., None] * comp, axis=1)
+
+    def score(self, x, alpha, sigma, cond=None) -> Array:
+        """(B, d) grad_x log p_t(x | cond)."""
+        return P.score_from_x0(x, self.posterior_mean(x, alpha, sigma, cond), alpha, sigma)
+
+    # --- exact samples ---------------------------------------------------------------------
+    def sample(self, key: Array, n: int, cond: Array | int | None = None) -> Array:
+        """(n, d) exact samples of p0 (or of p0(. | c))."""
+        return self.sample_noisy(key, n, 1.0, 0.0, cond)
+
+    def sample_noisy(self, key, n, alpha, sigma, cond=None) -> Array:
+        """(n, d) exact samples of p_t(. | c): x0 ~ p0(. | c), then alpha x0 + sigma eps."""
+        k_comp, k_x0, k_eps = jax.random.split(key, 3)
+        mask = self._class_mask(None if cond is None else jnp.broadcast_to(cond, (n,)), n)
+        logits = jnp.where(mask, self.log_weights[None], -jnp.inf)
+        comp = jax.random.categorical(k_comp, logits, axis=-1)
+        x0 = self.means[comp] + self.stds[comp, None] * jax.random.normal(k_x0, (n, self.dim))
+        return alpha * x0 + sigma * jax.random.normal(k_eps, (n, self.dim))
+
+    # --- reward tilt -----------------------------------------------------------------------
+    def tilt(self, anchor: Array, tau: float, lam: float) -> "GMM":
+        """The exact mixture proportional to p0(x) exp(lam r(x)), r(x) = -||x - a||^2 / (2 tau^2).
+
+        Per component (Gaussian product): precision 1/s^2 + lam/tau^2, mean
+        (mu/s^2 + lam a/tau^2) / precision, weight ∝ pi_k N(mu_k; a, (s_k^2 + tau^2/lam) I).
+        lam = 0 returns the mixture unchanged.
+        """
+        if lam < 0 or tau <= 0:
+            raise ValueError(f"tilt needs lam >= 0 and tau > 0, got lam={lam}, tau={tau}")
+        if lam == 0:
+            return self
+        a = jnp.asarray(anchor, jnp.float32)
+        s2 = self.stds**2
+        prec = 1.0 / s2 + lam / tau**2
+        means = (self.means / s2[:, None] + lam * a[None] / tau**2) / prec[:, None]
+        var_a = s2 + tau**2 / lam
+        logw = (self.log_weights - 0.5 * jnp.sum((self.means - a) ** 2, -1) / var_a
+                - 0.5 * self.dim * jnp.log(var_a))
+        logw = logw - jax.nn.logsumexp(logw)
+        return GMM(means=means, stds=jnp.sqrt(1.0 / prec), log_weights=logw,
+                   classes=self.classes, num_classes=self.num_classes)
+
+
+jax.tree_util.register_dataclass(
+    GMM, data_fields=["means", "stds", "log_weights", "classes"], meta_fields=["num_classes"])
+
+
+def make_gmm(means, stds, weights=None, classes=None, num_classes: int | None = None) -> GMM:
+    """Builds a validated GMM from array-likes (stds: scalar or (K,); weights normalised)."""
+    means = np.asarray(means, np.float32)
+    if means.ndim != 2:
+        raise ValueError(f"means must have shape (K, d), got {means.shape}")
+    k = means.shape[0]
+    stds = np.broadcast_to(np.asarray(stds, np.float32), (k,)).copy()
+    if np.any(stds <= 0):
+        raise ValueError("component standard deviations must be > 0")
+    weights = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, np.float64)
+    if weights.shape != (k,) or np.any(weights <= 0):
+        raise ValueError(f"weights must be {k} positive numbers")
+    classes = np.zeros(k, np.int32) if classes is None else np.asarray(classes, np.int32)
+    num_classes = int(classes.max()) + 1 if num_classes is None else int(num_classes)
+    if classes.shape != (k,) or classes.min() < 0 or classes.max() >= num_classes:
+        raise ValueError(f"classes must be {k} integers in [0, {num_classes})")
+    return GMM(means=jnp.asarray(means), stds=jnp.asarray(stds),
+               log_weights=jnp.asarray(np.log(weights / weights.sum()), jnp.float32),
+               classes=jnp.asarray(classes), num_classes=num_classes)
+
+
+def toy_mixture_2d(num_classes: int = 3, per_class: int = 2, radius: float = 2.0,
+                   std: float = 0.25, seed: int = 0) -> GMM:
+    """A reproducible 2-D test mixture: components on a circle, unequal weights, ``num_classes``
+    classes of ``per_class`` components each (neighbouring components in different classes)."""
+    k = num_classes * per_class
+    angles = 2 * np.pi * np.arange(k) / k
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], -1)
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(0.5, 1.5, size=k)
+    classes = np.arange(k) % num_classes
+    return make_gmm(means, std, weights, classes, num_classes)
+
+
+# ------------------------------------------------------------------------------------------------
+# the oracle as a Denoiser
+# ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _OracleApply:
+    """apply_fn(params=GMM, x, t, cond) -> E[x0 | x_t] for the x0 parameterization."""
+
+    schedule: Schedule
+    conditional: bool = True
+
+    def __call__(self, gmm: GMM, x, t, cond):
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return gmm.posterior_mean(x, alpha, sigma, cond if self.conditional else None)
+
+
+def oracle_denoiser(gmm: GMM, schedule: Schedule, conditional: bool = True) -> Denoiser:
+    """The exact denoiser of ``gmm`` under ``schedule`` (x0 parameterization).
+
+    With ``conditional=False`` the condition is ignored (the unconditional model); otherwise
+    cond = None or the null index ``num_classes`` give the unconditional mixture.
+    """
+    return Denoiser(apply_fn=_OracleApply(schedule, conditional), params=gmm,
+                    schedule_=schedule, param=P.Parameterization("x0"))
+
+
+def oracle_log_posterior_fn(gmm: GMM, schedule: Schedule):
+    """A differentiable classifier ``f(x, t, y) -> (B,) log p(y | x_t)`` from the oracle."""
+
+    def log_prob(x: Array, t: Array, y: Array) -> Array:
+        t = batch_times(t, x)
+        alpha, sigma = schedule.alpha_sigma(t)
+        lp = gmm.class_log_posterior(x, alpha, sigma)
+        return jnp.take_along_axis(lp, jnp.asarray(y, jnp.int32)[:, None], axis=1)[:, 0]
+
+    return log_prob
+
