@@ -217,14 +217,17 @@ def oracle_denoiser(gmm: GMM, schedule: Schedule, conditional: bool = True) -> D
                     schedule_=schedule, param=P.Parameterization("x0"))
 
 
-def oracle_log_posterior_fn(gmm: GMM, schedule: Schedule):
-    """A differentiable classifier ``f(x, t, y) -> (B,) log p(y | x_t)`` from the oracle."""
+@dataclasses.dataclass(frozen=True)
+class OracleClassifier:
+    """The exact noisy classifier ``f(gmm, x, t, y) -> (B,) log p(y | x_t)`` under ``schedule``.
 
-    def log_prob(x: Array, t: Array, y: Array) -> Array:
+    Differentiable in x; usable as ``log_prob_fn`` of ``ClassifierGuidance`` with params=gmm.
+    """
+
+    schedule: Schedule
+
+    def __call__(self, gmm: GMM, x: Array, t: Array, y: Array) -> Array:
         t = batch_times(t, x)
-        alpha, sigma = schedule.alpha_sigma(t)
+        alpha, sigma = self.schedule.alpha_sigma(t)
         lp = gmm.class_log_posterior(x, alpha, sigma)
         return jnp.take_along_axis(lp, jnp.asarray(y, jnp.int32)[:, None], axis=1)[:, 0]
-
-    return log_prob
-
