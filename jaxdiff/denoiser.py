@@ -100,14 +100,15 @@ class Denoiser(DenoiserBase):
     def schedule(self) -> Schedule:
         return self.schedule_
 
-    def network_output(self, x: Array, t: Array, cond: Any = None) -> Array:
-        """F evaluated on the preconditioned inputs."""
+    def network_output(self, x: Array, t: Array, cond: Any = None, **net_kwargs) -> Array:
+        """F evaluated on the preconditioned inputs; ``net_kwargs`` (e.g. ``dropout_key``) are
+        passed to ``apply_fn``."""
         t = batch_times(t, x)
         check_cond_batch(cond, x.shape[0])
         alpha, sigma = self.schedule_.alpha_sigma(t)
         x_in = self.param.network_input(x, alpha, sigma)
         c_noise = self.param.noise_input(t, alpha, sigma)
-        return self.apply_fn(self.params, x_in, c_noise, cond)
+        return self.apply_fn(self.params, x_in, c_noise, cond, **net_kwargs)
 
     def x0(self, x: Array, t: Array, cond: Any = None) -> Array:
         t = batch_times(t, x)
@@ -120,25 +121,22 @@ jax.tree_util.register_dataclass(
     Denoiser, data_fields=["params"], meta_fields=["apply_fn", "schedule_", "param"])
 
 
-def nnx_apply(graphdef, state, x_in, c_noise, cond):
-    """``apply_fn`` for a Flax NNX network: merges (graphdef, state) and calls it.
-
-    The network is called as ``net(x_in, c_noise, cond)`` in inference mode.
-    """
-    from flax import nnx  # local: keep the core importable without flax
-
-    net = nnx.merge(graphdef, state)
-    return net(x_in, c_noise, cond)
-
-
 @dataclasses.dataclass(frozen=True)
-class _NNXApply:
+class NNXApply:
+    """``apply_fn`` for a Flax NNX network split as ``graphdef, state = nnx.split(net)``.
+
+    Calls ``nnx.merge(graphdef, state)(x_in, c_noise, cond, dropout_key=...)``; dropout is
+    active only when a ``dropout_key`` is given (training).
+    """
+
     graphdef: Any
 
-    def __call__(self, params, x_in, c_noise, cond):
-        return nnx_apply(self.graphdef, params, x_in, c_noise, cond)
+    def __call__(self, params, x_in, c_noise, cond, dropout_key=None):
+        from flax import nnx  # local: keep the core importable without flax
+
+        return nnx.merge(self.graphdef, params)(x_in, c_noise, cond, dropout_key=dropout_key)
 
 
 def from_nnx(graphdef, params, schedule: Schedule, param: P.Parameterization) -> Denoiser:
     """A Denoiser from an NNX network split as ``graphdef, params = nnx.split(net)``."""
-    return Denoiser(apply_fn=_NNXApply(graphdef), params=params, schedule_=schedule, param=param)
+    return Denoiser(apply_fn=NNXApply(graphdef), params=params, schedule_=schedule, param=param)
