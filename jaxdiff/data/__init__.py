@@ -1,0 +1,21 @@
+"""Data: image sources (embedded digits / MNIST-5k, TFDS) and the stateless batch order.
+
+  src = get_source(data_cfg, split="train")            # or "heldout" (alias "test")
+  images, labels = src.get(indices)                    # float32 NHWC in [-1, 1], int32
+  sampler = BatchSampler(num_examples=len(src), global_batch_size=B, seed=s,
+                         process_index=p, process_count=P)
+  idx = sampler.indices_for_step(step)                 # this host's (B // P,) slice
+
+``batch_iterator`` wraps the two in a prefetching grain pipeline.
+"""
+from jaxdiff.data.augment import hflip
+from jaxdiff.data.config import default_data_config, validate_data_config
+from jaxdiff.data.factory import get_source
+from jaxdiff.data.pipeline import batch_dataset, batch_iterator, load_batch
+from jaxdiff.data.sampler import BatchSampler
+from jaxdiff.data.source import ArraySource, ImageSource
+from jaxdiff.data.tfds_source import DatasetNotPreparedError, prepare_command
+
+__all__ = ["ArraySource", "BatchSampler", "DatasetNotPreparedError", "ImageSource",
+           "batch_dataset", "batch_iterator", "default_data_config", "get_source", "hflip",
+           "load_batch", "prepare_command", "validate_data_config"]
