@@ -180,14 +180,15 @@ def param_shardings(mesh: Mesh, params, rule: str, min_size: int = DEFAULT_FSDP_
       mesh: the job mesh (must have an 'fsdp' axis).
       params: pytree whose leaves have ``.shape`` (arrays, ``jax.ShapeDtypeStruct``); leaves
         without a shape (Python scalars) are replicated.
-      rule: 'replicate' (every leaf replicated) or 'fsdp' (leaves with >= ``min_size`` elements
-        are split over 'fsdp' along their largest dimension divisible by the fsdp size).
+      rule: ``config.mesh.param_rule``: 'replicate' (every leaf replicated) or 'fsdp' (leaves
+        with >= ``min_size`` elements are split over 'fsdp' along their largest dimension
+        divisible by the fsdp size; the last such dimension on ties).
       min_size: element count below which a leaf is always replicated.
     Returns:
       a pytree of ``NamedSharding`` with the structure of ``params``.
     """
     if rule not in PARAM_RULES:
-        raise ValueError(f"parameter sharding rule must be one of {PARAM_RULES}, got {rule!r}")
+        raise ValueError(f"config.mesh.param_rule must be one of {PARAM_RULES}, got {rule!r}")
     fsdp = mesh.shape["fsdp"] if rule == "fsdp" else 1
 
     def one(leaf):

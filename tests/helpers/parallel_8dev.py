@@ -68,7 +68,8 @@ def main():
     out["global_shapes"] = {k: list(v.shape) for k, v in glob.items()}
     out["global_specs"] = {k: spec(v) for k, v in glob.items()}
     out["global_equal"] = all(np.array_equal(np.asarray(glob[k]), local[k]) for k in local)
-    out["label_shards"] = sorted(np.asarray(s.data).tolist() for s in glob["label"].addressable_shards)
+    out["label_shards"] = sorted(
+        np.asarray(s.data).tolist() for s in glob["label"].addressable_shards)
     out["batch_error"] = error_of(lambda: parallel.check_batch_divisible(12, mesh8))
     out["local_batch"] = parallel.check_batch_divisible(16, mesh8)
     np.savez(sys.argv[2], grad=np.asarray(grad), y_fsdp=y_fsdp)
