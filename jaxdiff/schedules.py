@@ -176,7 +176,9 @@ class VPCosine(Schedule):
 
     @property
     def t_max(self) -> float:  # type: ignore[override]
-        return float(self.t_from_logsnr(jnp.float32(self.logsnr_min)))
+        abar = 1.0 / (1.0 + math.exp(-self.logsnr_min))  # plain Python: usable under jit
+        phi = math.acos(math.sqrt(abar * self._f0))
+        return phi * (1.0 + self.s) * 2.0 / math.pi - self.s
 
     def _log_alpha_bar(self, t):
         phi = (jnp.asarray(t, jnp.float32) + self.s) / (1.0 + self.s) * (jnp.pi / 2)
