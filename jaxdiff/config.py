@@ -65,7 +65,10 @@ def default_train_config() -> ml_collections.ConfigDict:
 def default_sample_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         sampler="heun", steps=18, grid="karras", cfg_scale=2.0, ema_index=0,
-        grid_per_class=8, seed=0))
+        grid_per_class=8, seed=0,
+        # the sampling job (--mode=sample)
+        num_samples=1000, shard_size=250, labels="balanced", checkpoint_step=-1,
+        t_lo=0.0, t_hi=1.0, out_name=""))
 
 
 def default_mesh_config() -> ml_collections.ConfigDict:
@@ -187,6 +190,20 @@ def validate(config, num_classes: int | None = None, data_shape=None,
     _number(s.cfg_scale, "sample.cfg_scale")
     _number(s.ema_index, "sample.ema_index", low=-1, high=len(t.ema_decays) - 1, integer=True)
     _number(s.grid_per_class, "sample.grid_per_class", low=1, integer=True)
+    _number(s.num_samples, "sample.num_samples", low=1, integer=True)
+    _number(s.shard_size, "sample.shard_size", low=1, integer=True)
+    _number(s.checkpoint_step, "sample.checkpoint_step", low=-1, integer=True)
+    _number(s.t_lo, "sample.t_lo", low=0.0, high=1.0)
+    _number(s.t_hi, "sample.t_hi", low=0.0, high=1.0)
+    if s.t_lo >= s.t_hi:
+        raise ValueError(f"config.sample.t_lo: guidance interval needs t_lo < t_hi, got "
+                         f"({s.t_lo}, {s.t_hi})")
+    if not (s.labels == "balanced" or str(s.labels).isdigit()):
+        raise ValueError(f"config.sample.labels: expected 'balanced' or a class index, got "
+                         f"{s.labels!r}")
+    if device_count is not None and s.shard_size % device_count:
+        raise ValueError(f"config.sample.shard_size: {s.shard_size} is not divisible by the "
+                         f"{device_count} devices")
     if config.mesh.param_rule not in ("replicate", "fsdp"):
         raise ValueError(f"config.mesh.param_rule: unknown {config.mesh.param_rule!r}; choose "
                          f"'replicate' or 'fsdp'")

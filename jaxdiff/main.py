@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train",)
+MODES = ("train", "sample")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -21,7 +21,7 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 def _main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
-    from jaxdiff import train  # heavy imports after flag parsing
+    from jaxdiff import sample, train  # heavy imports after flag parsing
 
     config = _CONFIG.value
     if config is None:
@@ -31,6 +31,8 @@ def _main(argv):
     try:
         if _MODE.value == "train":
             train.train(config, _WORKDIR.value)
+        elif _MODE.value == "sample":
+            sample.sample_job(config, _WORKDIR.value)
     except ValueError as e:
         if str(e).startswith("config."):
             print(f"jaxdiff: error: {e}", file=sys.stderr)
