@@ -1,0 +1,289 @@
+"""Tests for jaxdiff.models: shapes, zero-init, conditioning, dropout, jit, configs, sizes."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdiff.denoiser import NNXApply
+from jaxdiff.models import build_model, default_dit_config, default_unet_config
+from jaxdiff.models.dit import FREQ_DIM, DiTBlock
+
+K = 10  # classes in the tests; index K is the null token
+SHAPE = (8, 8, 1)
+
+
+def tiny_config(name, **overrides):
+    if name == "unet":
+        cfg = default_unet_config()
+        cfg.update(dict(base_channels=8, num_groups=4, num_heads=2, channel_mult=(1, 2),
+                        attn_resolutions=(4,)))
+    else:
+        cfg = default_dit_config()
+        cfg.update(dict(hidden_size=16, num_heads=2, mlp_ratio=2.0, depth=2, patch_size=2))
+    cfg.update(overrides)
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def fresh(name, **overrides):
+    """(graphdef, params) of a freshly initialised tiny network on 8x8x1 with K classes.
+
+    The tests initialise with an 'unsafe_rbg' key: threefry initialisers compile once per
+    parameter shape, which dominates a CPU test's time; the architecture code is the same."""
+    rngs = nnx.Rngs(jax.random.key(0, impl="unsafe_rbg"))
+    return nnx.split(build_model(tiny_config(name, **overrides), SHAPE, K, rngs))
+
+
+@functools.lru_cache(maxsize=None)
+def random_net(name, shape=SHAPE, num_classes=K, **overrides):
+    """(graphdef, params) with every parameter drawn N(0, 0.1^2) (no zero-initialised layer
+    stays zero), built abstractly so that no initialiser runs."""
+    cfg = tiny_config(name, **overrides)
+    graphdef, state = nnx.split(nnx.eval_shape(
+        lambda: build_model(cfg, shape, num_classes, nnx.Rngs(0))))
+    rng = np.random.default_rng(1)
+    return graphdef, jax.tree.map(
+        lambda p: jnp.asarray(0.1 * rng.standard_normal(p.shape), p.dtype), state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply(graphdef, state, x, c_noise, cond, dropout_key=None):
+    return nnx.merge(graphdef, state)(x, c_noise, cond, dropout_key=dropout_key)
+
+
+def inputs(shape=SHAPE, same_rows=False):
+    """x: (2, *shape) (two copies of one image when same_rows), t: (2,)."""
+    x = jax.random.normal(jax.random.key(0), (1 if same_rows else 2,) + shape)
+    return jnp.broadcast_to(x, (2,) + shape), jnp.array([0.3, 0.6])
+
+
+def n_params(state):
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state))
+
+
+def rows_differ(out):
+    return not np.allclose(out[0], out[1], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# shapes and initialisation
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_fresh_network_outputs_exactly_zero(name):
+    graphdef, state = fresh(name)
+    x, t = inputs()
+    out = apply(graphdef, state, x, t, jnp.array([0, K]))
+    assert out.shape == x.shape and out.dtype == jnp.float32
+    assert jnp.all(out == 0.0)  # zero-initialised output layer
+    out = apply(graphdef, random_net(name)[1], x, t, jnp.array([0, K]))
+    assert float(jnp.abs(out).max()) > 0.0  # ... and only because of it
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+@pytest.mark.parametrize("shape", [(8, 8, 1), (32, 32, 3)])
+def test_output_shape(name, shape):
+    graphdef, state = random_net(name, shape=shape)
+    x, t = inputs(shape)
+    out = apply(graphdef, state, x, t, jnp.array([0, K]))
+    assert out.shape == x.shape and out.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(out))) and rows_differ(out)
+
+
+def test_state_is_float32_params_only():
+    for name in ("unet", "dit"):
+        _, state = random_net(name, dtype="bfloat16")
+        variables = jax.tree.leaves(state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+        assert variables and all(type(v) is nnx.Param for v in variables)
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply_block(graphdef, state, tokens, c):
+    return nnx.merge(graphdef, state)(tokens, c, None)
+
+
+def test_dit_blocks_are_identity_at_init():
+    net = nnx.merge(*fresh("dit"))
+    tokens = jax.random.normal(jax.random.key(3), (2, 16, 16))
+    c = jax.random.normal(jax.random.key(4), (2, 16))
+    assert len(net.blocks) == 2
+    for block in net.blocks:
+        assert isinstance(block, DiTBlock)
+        np.testing.assert_array_equal(apply_block(*nnx.split(block), tokens, c), tokens)
+    moved = nnx.merge(*random_net("dit")).blocks[0]  # not the identity once trained
+    assert not np.allclose(apply_block(*nnx.split(moved), tokens, c), tokens)
+
+
+# ------------------------------------------------------------------------------------------------
+# conditioning
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_class_and_noise_conditioning_reach_the_output(name):
+    graphdef, state = random_net(name)
+    x, t = inputs(same_rows=True)
+    assert rows_differ(apply(graphdef, state, x, t, jnp.array([0, 1])))   # class vs class
+    assert rows_differ(apply(graphdef, state, x, t, jnp.array([0, K])))   # class vs null
+    assert rows_differ(apply(graphdef, state, x, t, jnp.array([3, 3])))   # noise level
+    assert not rows_differ(apply(graphdef, state, x, t[:1].repeat(2), jnp.array([3, 3])))
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_cond_none_is_the_null_token(name):
+    net = nnx.merge(*random_net(name))
+    t = jnp.array([0.3, 0.6])
+    np.testing.assert_array_equal(net.embed(t, None), net.embed(t, jnp.array([K, K])))
+    assert not np.allclose(net.embed(t, None), net.embed(t, jnp.array([0, 0])))
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_continuous_conditioning(name):
+    graphdef, state = random_net(name, num_classes=0, cond_dim=3)
+    x, t = inputs(same_rows=True)
+    cond = jnp.stack([jnp.zeros(3), jnp.ones(3)])
+    out = apply(graphdef, state, x, t.at[1].set(t[0]), cond)
+    assert out.shape == x.shape and rows_differ(out)
+    net = nnx.merge(graphdef, state)
+    np.testing.assert_array_equal(net.embed(t, None), net.embed(t, jnp.zeros((2, 3))))
+    with pytest.raises(ValueError, match="cond must be float"):
+        net(x, t, jnp.array([0, 1]))
+
+
+def test_bad_call_inputs_raise():
+    net = nnx.merge(*random_net("dit"))
+    x, t = inputs()
+    with pytest.raises(ValueError, match="cond must be int"):
+        net(x, t, jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match="cond must be int"):
+        net(x, t, jnp.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="x must have shape"):
+        net(jnp.zeros((2, 4, 4, 1)), t)
+    with pytest.raises(ValueError, match="c_noise"):
+        net(x, jnp.zeros((3,)))
+
+
+# ------------------------------------------------------------------------------------------------
+# dropout, dtype and the jit boundary
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_dropout_is_a_pure_function_of_the_key(name):
+    g0, state = random_net(name)
+    g5, state5 = random_net(name, dropout=0.5)
+    jax.tree.map(np.testing.assert_array_equal, state, state5)  # same parameters
+    x, t = inputs()
+    cond = jnp.array([1, 2])
+    # rbg keys compile much faster than threefry on CPU; dropout code is the same for both
+    k1, k2 = jax.random.key(7, impl="unsafe_rbg"), jax.random.key(8, impl="unsafe_rbg")
+    base = apply(g0, state, x, t, cond)
+    # no key: deterministic, and exactly the dropout = 0 network
+    np.testing.assert_array_equal(apply(g5, state, x, t, cond), base)
+    # a key with rate 0.5: changes the output, reproducibly for the same key
+    d1 = apply(g5, state, x, t, cond, k1)
+    assert not np.allclose(d1, base)
+    np.testing.assert_array_equal(d1, apply(g5, state, x, t, cond, k1))
+    assert not np.allclose(d1, apply(g5, state, x, t, cond, k2))
+    if name == "dit":  # a key with rate 0 changes nothing
+        np.testing.assert_allclose(apply(g0, state, x, t, cond, k1), base, atol=1e-6)
+
+
+def test_split_jit_merge_equals_eager():
+    # (the DiT only: an eager U-Net call compiles every op separately, ~10 s of test time)
+    graphdef, state = random_net("dit")
+    x, t = inputs()
+    cond = jnp.array([3, K])
+    eager = nnx.merge(graphdef, state)(x, t, cond)
+    assert float(jnp.abs(eager).max()) > 0.0
+    np.testing.assert_allclose(apply(graphdef, state, x, t, cond), eager, rtol=1e-5, atol=1e-5)
+    # the Denoiser's apply_fn (jaxdiff.denoiser.NNXApply) under jit
+    jitted = jax.jit(NNXApply(graphdef))(state, x, t, cond)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_returns_float32_close_to_float32():
+    g32, state = random_net("dit")
+    g16, _ = random_net("dit", dtype="bfloat16")
+    x, t = inputs()
+    out32 = apply(g32, state, x, t, jnp.array([1, 2]))
+    out16 = apply(g16, state, x, t, jnp.array([1, 2]))
+    assert out16.dtype == jnp.float32
+    assert not np.array_equal(out16, out32)  # the compute dtype really changed
+    np.testing.assert_allclose(out16, out32, atol=0.05 * float(jnp.abs(out32).max()))
+
+
+# ------------------------------------------------------------------------------------------------
+# configs and sizes
+# ------------------------------------------------------------------------------------------------
+
+def _set(**kw):
+    return lambda cfg: cfg.update(kw)
+
+
+@pytest.mark.parametrize("name, mutate, data_shape, num_classes, match", [
+    ("unet", _set(name="foo"), (8, 8, 1), K, r"config.model.name: unknown network 'foo'; "
+                                              r"choose one of \['dit', 'unet'\]"),
+    ("unet", _set(channel_mult=()), (8, 8, 1), K, "config.model.channel_mult must be non-empty"),
+    ("unet", _set(channel_mult=(1, 2, 2, 2, 2)), (8, 8, 1), K, "config.model.channel_mult"),
+    ("unet", _set(num_groups=3), (8, 8, 1), K, "config.model.num_groups"),
+    ("unet", _set(num_heads=3), (8, 8, 1), K, "config.model.num_heads"),
+    ("unet", _set(base_channels=0), (8, 8, 1), K, "config.model.base_channels"),
+    ("unet", _set(resample="bilinear"), (8, 8, 1), K, "config.model.resample"),
+    ("unet", _set(dropout=1.0), (8, 8, 1), K, "config.model.dropout"),
+    ("unet", _set(dtype="float16"), (8, 8, 1), K, "config.model.dtype"),
+    ("unet", _set(cond_dim=4), (8, 8, 1), K, "config.model.cond_dim"),
+    ("unet", _set(noise_scale=0.0), (8, 8, 1), K, "config.model.noise_scale"),
+    ("unet", lambda cfg: cfg.__setattr__("num_head", 2), (8, 8, 1), K,
+     "config.model.num_head: unknown field"),
+    ("unet", lambda cfg: cfg.__delattr__("num_res_blocks"), (8, 8, 1), K,
+     "config.model.num_res_blocks is missing"),
+    ("unet", _set(), (8, 8), K, "data_shape"),
+    ("unet", _set(), (8, 8, 1), -1, "num_classes"),
+    ("dit", _set(patch_size=3), (8, 8, 1), K, "config.model.patch_size"),
+    ("dit", _set(hidden_size=18), (8, 8, 1), K, "config.model.hidden_size"),
+    ("dit", _set(num_heads=3), (8, 8, 1), K, "config.model.num_heads"),
+    ("dit", _set(depth=0), (8, 8, 1), K, "config.model.depth"),
+    ("dit", _set(mlp_ratio=0.0), (8, 8, 1), K, "config.model.mlp_ratio"),
+])
+def test_bad_config_raises_naming_the_field(name, mutate, data_shape, num_classes, match):
+    cfg = tiny_config(name)
+    mutate(cfg)
+    with pytest.raises(ValueError, match=match):
+        build_model(cfg, data_shape, num_classes, nnx.Rngs(0))
+
+
+def test_default_configs_build():
+    for cfg in (default_unet_config(), default_dit_config()):
+        abstract = nnx.eval_shape(lambda: build_model(cfg, (8, 8, 1), K, nnx.Rngs(0)))
+        assert n_params(nnx.state(abstract)) > 0
+
+
+def dit_block_params(d, m):
+    """qkv (d x 3d + 3d) + proj (d^2 + d) + fc1 (d m + m) + fc2 (m d + d) + adaLN (d x 6d + 6d)."""
+    return 10 * d * d + 11 * d + 2 * d * m + m
+
+
+def test_dit_parameter_count_matches_formula():
+    d, m, depth, p, c = 16, 32, 2, 2, 1
+    graphdef, state = random_net("dit")
+    net = nnx.merge(graphdef, state)
+    assert n_params(nnx.state(net.blocks[0])) == dit_block_params(d, m)
+    patch_dim = p * p * c
+    expected = (patch_dim * d + d                                     # patch embedding
+                + FREQ_DIM * d + d + d * d + d + (K + 1) * d          # noise MLP + class table
+                + depth * dit_block_params(d, m)
+                + 2 * d * d + 2 * d + d * patch_dim + patch_dim)      # final adaLN + linear
+    assert n_params(state) == expected
+
+
+def test_unet_parameter_count_is_stable():
+    # Regression value for tiny_config('unet') on 8x8x1 with K = 10 classes; a change means the
+    # architecture changed (update deliberately).
+    _, state = random_net("unet")
+    assert n_params(state) == UNET_TINY_PARAMS
+
+
+UNET_TINY_PARAMS = 48545
