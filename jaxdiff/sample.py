@@ -158,6 +158,8 @@ def sample_job(config, workdir: str) -> dict:
         raise ValueError(f"config.sample.shard_size: {size} is not divisible by the "
                          f"{mesh.size} devices")
     num_shards = -(-n // size)
+    params = jax.device_put(params, parallel.param_shardings(mesh, params,
+                                                             config.mesh.param_rule))
     den = setup.denoiser(params)
     if setup.num_classes > 0:
         den = CFG(den, scale=float(s.cfg_scale), null=setup.num_classes, t_lo=float(s.t_lo),
