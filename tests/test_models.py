@@ -10,6 +10,7 @@ from flax import nnx
 from jaxdiff.denoiser import NNXApply
 from jaxdiff.models import build_model, default_dit_config, default_unet_config
 from jaxdiff.models.dit import FREQ_DIM, DiTBlock
+from jaxdiff.models.unet import Downsample
 
 K = 10  # classes in the tests; index K is the null token
 SHAPE = (8, 8, 1)
@@ -93,6 +94,18 @@ def test_output_shape(name, shape):
     assert bool(jnp.all(jnp.isfinite(out))) and rows_differ(out)
 
 
+def test_pool_resampling_and_rectangular_images_trace():
+    # shape-level checks only (jax.eval_shape traces without compiling)
+    for name, shape, overrides in [("unet", (8, 8, 1), dict(resample="pool")),
+                                   ("unet", (16, 8, 2), {}), ("dit", (16, 8, 2), {})]:
+        graphdef, state = random_net(name, shape=shape, **overrides)
+        x, t = inputs(shape)
+        out = jax.eval_shape(apply, graphdef, state, x, t, None)
+        assert out.shape == x.shape and out.dtype == jnp.float32
+    down = nnx.merge(*random_net("unet", resample="pool")).down[1]
+    assert isinstance(down, Downsample) and down.conv is None  # parameter-free pooling
+
+
 def test_state_is_float32_params_only():
     for name in ("unet", "dit"):
         _, state = random_net(name, dtype="bfloat16")
@@ -144,11 +157,16 @@ def test_cond_none_is_the_null_token(name):
 def test_continuous_conditioning(name):
     graphdef, state = random_net(name, num_classes=0, cond_dim=3)
     x, t = inputs(same_rows=True)
+    t = t.at[1].set(t[0])
     cond = jnp.stack([jnp.zeros(3), jnp.ones(3)])
-    out = apply(graphdef, state, x, t.at[1].set(t[0]), cond)
-    assert out.shape == x.shape and rows_differ(out)
     net = nnx.merge(graphdef, state)
+    assert rows_differ(net.embed(t, cond))
     np.testing.assert_array_equal(net.embed(t, None), net.embed(t, jnp.zeros((2, 3))))
+    if name == "dit":
+        assert rows_differ(apply(graphdef, state, x, t, cond))
+    else:  # same embedding module as the DiT; trace only (a U-Net compile is ~3 s of CPU)
+        out = jax.eval_shape(apply, graphdef, state, x, t, cond)
+        assert out.shape == x.shape and out.dtype == jnp.float32
     with pytest.raises(ValueError, match="cond must be float"):
         net(x, t, jnp.array([0, 1]))
 
@@ -187,8 +205,6 @@ def test_dropout_is_a_pure_function_of_the_key(name):
     assert not np.allclose(d1, base)
     np.testing.assert_array_equal(d1, apply(g5, state, x, t, cond, k1))
     assert not np.allclose(d1, apply(g5, state, x, t, cond, k2))
-    if name == "dit":  # a key with rate 0 changes nothing
-        np.testing.assert_allclose(apply(g0, state, x, t, cond, k1), base, atol=1e-6)
 
 
 def test_split_jit_merge_equals_eager():

@@ -44,7 +44,7 @@ def default_unet_config() -> ml_collections.ConfigDict:
     cfg.base_channels = 32
     cfg.channel_mult = (1, 2)
     cfg.num_res_blocks = 1
-    cfg.attn_resolutions = (4,)  # heights at which residual blocks are followed by attention
+    cfg.attn_resolutions = (4,)  # heights whose residual blocks get self-attention (others: none)
     cfg.num_heads = 2
     cfg.num_groups = 8
     cfg.resample = "conv"        # 'conv' | 'pool'

@@ -128,7 +128,8 @@ class UNet(nnx.Module):
       base_channels: width of the first level; level i has base_channels * channel_mult[i].
       channel_mult: per-level width multipliers (one level per entry).
       num_res_blocks: residual blocks per encoder level (the decoder has one more).
-      attn_resolutions: heights at which self-attention follows each residual block.
+      attn_resolutions: heights at which self-attention follows each residual block (heights
+        the network never reaches are ignored, so one config serves several image sizes).
       num_heads: attention heads.
       dropout: dropout rate inside residual blocks (active only with a dropout key).
       num_groups: GroupNorm groups.
