@@ -1,0 +1,59 @@
+"""Helpers shared by the exponential-integrator samplers (DPM-Solver++, UniPC).
+
+In scaled coordinates (y = x / alpha) and log-SNR time lambda = -log sigma_ve the probability-flow
+ODE is linear in y with the data prediction as forcing (Lu et al. 2022b, "DPM-Solver++", Eq. 9
+in scaled form):
+
+    dy/dlambda = D(y, lambda) - y,
+    y(lambda + h) = e^{-h} y(lambda) + int_0^h e^{-(h - u)} D(lambda + u) du.          (*)
+
+Taylor-expanding D around lambda turns (*) into weights on D and its derivatives,
+
+    int_0^h e^{-(h - u)} u^k / k! du = h^{k+1} phi_{k+1}(-h),
+    phi_j(z) = sum_{m >= 0} z^m / (m + j)!      (phi_1(z) = (e^z - 1) / z, ...),
+
+the phi functions of exponential integrators (Hochbruck & Ostermann 2010, Acta Numerica, Eq. 2.10).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_SERIES_BELOW = 1.0   # |z| below which phi_j is summed as a series (recursion cancels there)
+_SERIES_TERMS = 16    # 1 / (16 + j)! < 1e-13: exact in float32
+
+
+def log_snr_steps(sigma_ve: Array) -> Array:
+    """lambda_i = -log sigma_ve_i, shape (steps + 1,); the final sigma_ve = 0 gives +inf."""
+    return -jnp.log(sigma_ve)
+
+
+def phi(j: int, h: Array) -> Array:
+    """phi_j(-h) for h >= 0 (any shape), j >= 1, accurate in float32 for all h including +inf.
+
+    Series for h < 1; above, the recursion phi_{k+1}(z) = (phi_k(z) - 1/k!) / z from
+    phi_0(z) = e^z, which loses at most a few bits there.
+    """
+    if j < 1:
+        raise ValueError(f"phi_j needs j >= 1, got {j}")
+    h = jnp.asarray(h, jnp.float32)
+    z_small = -jnp.minimum(h, _SERIES_BELOW)
+    series = jnp.zeros_like(h)
+    for m in reversed(range(_SERIES_TERMS)):  # Horner
+        series = series * z_small + 1.0 / float(math.factorial(m + j))
+    z = -jnp.maximum(h, _SERIES_BELOW)
+    rec = jnp.exp(z)
+    for k in range(j):
+        rec = (rec - 1.0 / float(math.factorial(k))) / z
+    return jnp.where(h < _SERIES_BELOW, series, rec)
+
+
+def multistep_order(i: Array, steps: int, order: int) -> Array:
+    """Order of step i -> i + 1: min(order, i + 1) (as many points as are known), and 1 on the
+    final step to sigma_ve = 0, where lambda = +inf and only the first-order update, y = D, is
+    defined."""
+    return jnp.where(i == steps - 1, 1, jnp.minimum(order, i + 1))

@@ -1,0 +1,296 @@
+"""Samplers against exact references: the GMM oracle, closed-form Gaussian flows, DDPM's posterior.
+
+Every sampler run here is driven by an exact denoiser, so all remaining error is the sampler's.
+"""
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import parameterization as P
+from jaxdiff import samplers, schedules
+from jaxdiff.denoiser import Denoiser
+from jaxdiff.metrics.two_sample import mmd2_noise_floor, mmd2_rbf
+from jaxdiff.samplers import ddim, heun
+from jaxdiff.samplers.base import SamplerContext
+from jaxdiff.toy import gmm as G
+
+GMM = G.toy_mixture_2d()
+EDM = schedules.EDM()
+ORACLE = G.oracle_denoiser(GMM, EDM)
+KEY = jax.random.key(0)
+N = 1000                      # samples per draw (MMD and convergence share these draws)
+DETERMINISTIC = ["euler", "ddim", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]
+CHURN = dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)  # EDM's ImageNet setting
+
+
+X_T = EDM.sigma_max * jax.random.normal(KEY, (N, 2))   # initial noise at t = 1 (alpha = 1)
+
+
+@functools.lru_cache(maxsize=None)
+def draw(name: str, nfe: int, options: tuple = ()) -> np.ndarray:
+    """(N, 2) samples of the toy mixture, EDM schedule, Karras grid.  Deterministic samplers all
+    start from the same initial noise X_T (passing it also skips compiling the noise generator);
+    stochastic ones draw theirs from KEY."""
+    steps = samplers.steps_for_nfe(name, nfe)
+    x_T = None if samplers.get_sampler(name).stochastic and name != "ddim" else X_T
+    out = samplers.sample(ORACLE, KEY, (N, 2), sampler=name, steps=steps, grid="karras",
+                          x_T=x_T, **dict(options))
+    return np.asarray(out.x0)
+
+
+@functools.lru_cache(maxsize=None)
+def exact_floor() -> tuple[np.ndarray, float]:
+    """Exact samples and the 1% MMD^2 permutation floor at this sample size.
+
+    The floor is computed once, on two independent exact samples: under the null (a correct
+    sampler) the permutation distribution is that of any pooled sample of this size.
+    """
+    exact = np.asarray(GMM.sample(jax.random.key(1), N))
+    other = np.asarray(GMM.sample(jax.random.key(2), N))
+    return exact, mmd2_noise_floor(other, exact, num_permutations=100, level=0.01)
+
+
+# ------------------------------------------------------------------------------------------------
+# registry
+# ------------------------------------------------------------------------------------------------
+
+def test_registry_lists_every_family_and_counts_nfe():
+    for name in DETERMINISTIC + ["ddpm", "heun_sde"]:
+        assert name in samplers.SAMPLERS
+    assert samplers.nfe_of("heun", 18) == 35 and samplers.nfe_of("heun_sde", 18) == 35
+    for name in ["euler", "ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]:
+        assert samplers.nfe_of(name, 7) == 7
+    assert samplers.steps_for_nfe("heun", 10) == 5          # 9 NFE; 6 steps would be 11
+    assert samplers.steps_for_nfe("unipc", 10) == 10
+    assert samplers.sample(ORACLE, KEY, (2, 2), sampler="heun", steps=3).nfe == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# distribution: every sampler at high NFE is indistinguishable from exact sampling
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,nfe,options", [
+    *[(n, 80, ()) for n in ["dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]],
+    ("euler", 160, ()), ("ddim", 160, ()), ("heun", 159, ()),
+    ("ddpm", 200, ()), ("heun_sde", 159, tuple(sorted(CHURN.items()))),
+])
+def test_high_nfe_samples_match_exact_mixture(name, nfe, options):
+    exact, floor = exact_floor()
+    x = draw(name, nfe, options)
+    assert np.all(np.isfinite(x))
+    assert mmd2_rbf(x, exact) < floor
+
+
+# ------------------------------------------------------------------------------------------------
+# convergence order against a converged reference from the same initial noise
+# ------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def reference() -> np.ndarray:
+    """The probability-flow ODE solution from draw()'s initial noise: 1000 Heun steps."""
+    return draw("heun", 1999)
+
+
+# (NFEs in the asymptotic regime, band for the log-log slope of the error vs NFE)
+CONVERGENCE = {
+    "euler": ((20, 40, 80), (0.85, 1.3)),
+    "heun": ((39, 79, 159), (1.7, 2.6)),
+    "dpmpp_2m": ((40, 80, 160), (1.7, 2.6)),
+    "dpmpp_3m": ((20, 40, 80), (2.6, 4.0)),     # third order
+    "unipc": ((20, 40, 80), (2.4, 3.6)),        # UniP-2 + UniC-2: third order
+    "ipndm": ((40, 80, 160), (1.7, 3.0)),       # fixed-step AB weights on a graded grid: >= 2
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERGENCE))
+def test_convergence_order(name):
+    """Slope of the median per-sample error vs NFE.
+
+    The median, not the mean: a few trajectories pass near the boundary between two modes, where
+    the flow separates them and an O(h^p) error at high noise becomes an O(1) error at the end;
+    those samples converge late and would dominate an RMS over the batch.
+    """
+    nfes, (lo, hi) = CONVERGENCE[name]
+    ref = reference()
+    errs = [np.median(np.linalg.norm(draw(name, n) - ref, axis=-1)) for n in nfes]
+    true_nfe = [samplers.nfe_of(name, samplers.steps_for_nfe(name, n)) for n in nfes]
+    slope = -np.polyfit(np.log(true_nfe), np.log(errs), 1)[0]
+    assert lo <= slope <= hi, (name, errs, slope)
+
+
+def test_unipc_order3_is_fourth_order():
+    """UniP-3 + UniC-3 (the configurable order): one order above its predictor."""
+    ref = reference()
+    nfes = (20, 40, 80)
+    errs = [np.median(np.linalg.norm(draw("unipc", n, (("order", 3),)) - ref, axis=-1))
+            for n in nfes]
+    slope = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
+    assert 3.3 <= slope <= 5.0, (errs, slope)
+
+
+# ------------------------------------------------------------------------------------------------
+# exact identities
+# ------------------------------------------------------------------------------------------------
+
+def test_euler_equals_ddim_eta0():
+    """y + (s' - s)(y - D)/s == D + (s'/s)(y - D): equal up to float32 rounding."""
+    a = samplers.sample(ORACLE, KEY, (64, 2), sampler="euler", steps=12, x_T=X_T[:64]).x0
+    b = samplers.sample(ORACLE, KEY, (64, 2), sampler="ddim", steps=12, x_T=X_T[:64],
+                        eta=0.0).x0
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
+
+
+def test_heun_sde_without_churn_is_heun():
+    cond = jnp.arange(16) % GMM.num_classes
+    heun_x = samplers.sample(ORACLE, KEY, (16, 2), sampler="heun", steps=9, cond=cond).x0
+    no_churn = samplers.sample(ORACLE, KEY, (16, 2), sampler="heun_sde", steps=9, cond=cond,
+                               s_churn=0.0).x0
+    np.testing.assert_array_equal(heun_x, no_churn)
+    churned = samplers.sample(ORACLE, KEY, (16, 2), sampler="heun_sde", steps=9, cond=cond,
+                              s_churn=10.0).x0
+    assert np.min(np.abs(np.asarray(heun_x - churned))) > 0
+
+
+def test_churn_outside_its_window_is_algorithm_1():
+    """s_churn > 0 but no grid level in [s_tmin, s_tmax]: every gamma_i = 0 and the churn code
+    path must reproduce Algorithm 1 bit for bit (run op by op: two different compiled programs
+    may round differently, and Heun's correction amplifies rounding by sigma_i / sigma_{i+1})."""
+    grid = schedules.sampling_grid(EDM, 3, "karras")
+    ctx = SamplerContext(lambda y, t, a: ORACLE(a * y, t), grid,
+                         lambda i: jax.random.normal(jax.random.fold_in(KEY, i), (4, 2)), EDM,
+                         dict(s_churn=10.0, s_tmin=100.0, s_tmax=200.0, s_noise=1.0))
+    with jax.disable_jit():
+        np.testing.assert_array_equal(heun.run(ctx, X_T[:4]), heun.run_sde(ctx, X_T[:4]))
+
+
+def test_dpmpp_3m_equals_2m_on_three_steps():
+    """With 3 steps the orders are (1, 2, 1) for both: the third-order branch never runs."""
+    a = samplers.sample(ORACLE, KEY, (32, 2), sampler="dpmpp_2m", steps=3, x_T=X_T[:32]).x0
+    b = samplers.sample(ORACLE, KEY, (32, 2), sampler="dpmpp_3m", steps=3, x_T=X_T[:32]).x0
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GaussianApply:
+    """E[x0 | x_t] for x0 ~ N(mu, s^2) per coordinate (x0 parameterization), any shape."""
+
+    schedule: schedules.Schedule
+
+    def __call__(self, params, x, t, cond):
+        mu, s = params
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        alpha = alpha.reshape(alpha.shape + (1,) * (x.ndim - 1))
+        sigma = sigma.reshape(alpha.shape)
+        return mu + alpha * s**2 / (alpha**2 * s**2 + sigma**2) * (x - alpha * mu)
+
+
+@pytest.mark.parametrize("name,tol", [   # measured max errors at 40 steps are about tol / 2
+    ("euler", 0.12), ("ddim", 0.12), ("heun", 3e-2), ("dpmpp_2m", 1.2e-2), ("dpmpp_3m", 1.5e-3),
+    ("unipc", 5e-3), ("ipndm", 1e-2),
+])
+def test_image_batches_follow_the_closed_form_gaussian_flow(name, tol):
+    """Image-shaped (B, H, W, C) data x0 ~ N(mu, s^2 I) on VP-cosine: the probability-flow ODE
+    keeps (y - mu) / sqrt(s^2 + sigma_ve^2) constant, so the sample is known exactly."""
+    sched = schedules.VPCosine()
+    mu, s = 0.3, 0.5
+    den = Denoiser(_GaussianApply(sched), (jnp.float32(mu), jnp.float32(s)), sched,
+                   P.Parameterization("x0"))
+    grid = schedules.sampling_grid(sched, 40, "uniform_logsnr")
+    x_t = grid.sigma_ve[0] * grid.alpha[0] * jax.random.normal(jax.random.key(4), (3, 4, 4, 2))
+    out = samplers.sample(den, KEY, x_t.shape, sampler=name, grid=grid, x_T=x_t).x0
+    s0, s_last = float(grid.sigma_ve[0]), float(grid.sigma_ve[-2])
+    y_t = np.asarray(x_t) / float(grid.alpha[0])
+    # exact ODE to the last noisy point, then the final step's D
+    want = mu + (y_t - mu) * s**2 / (math.sqrt(s**2 + s_last**2) * math.sqrt(s**2 + s0**2))
+    assert out.shape == x_t.shape
+    err = np.max(np.abs(np.asarray(out) - want)) / np.max(np.abs(want - mu))
+    assert err < tol, err
+
+
+# ------------------------------------------------------------------------------------------------
+# per-example randomness
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,options", [
+    ("ddpm", {}), ("heun_sde", CHURN), ("dpmpp_2m", {}),
+])
+def test_sample_does_not_depend_on_its_batch(name, options):
+    cond = jnp.arange(64) % GMM.num_classes
+    big = samplers.sample(ORACLE, KEY, (64, 2), sampler=name, steps=8, cond=cond,
+                          **options).x0
+    small = samplers.sample(ORACLE, KEY, (8, 2), sampler=name, steps=8, cond=cond[:8],
+                            **options).x0
+    np.testing.assert_array_equal(small, big[:8])
+    shifted = samplers.sample(ORACLE, KEY, (8, 2), sampler=name, steps=8, cond=cond[8:16],
+                              indices=jnp.arange(8, 16), **options).x0
+    np.testing.assert_array_equal(shifted, big[8:16])
+    other_key = samplers.sample(ORACLE, jax.random.key(9), (8, 2), sampler=name, steps=8,
+                                cond=cond[:8], **options).x0
+    assert not np.allclose(other_key, small)
+
+
+# ------------------------------------------------------------------------------------------------
+# DDPM
+# ------------------------------------------------------------------------------------------------
+
+def test_ddpm_step_is_ho_posterior():
+    """On the full VP-linear grid (t_n = n / 1000) one ddpm step samples Ho et al. 2020, Eq. 7:
+    mean = sqrt(abar_{n-1}) beta_n / (1 - abar_n) x0 + sqrt(alpha_n)(1 - abar_{n-1})/(1 - abar_n) x_n,
+    variance = (1 - abar_{n-1}) / (1 - abar_n) beta_n, with x0 the denoiser's prediction."""
+    sched = schedules.VPLinear()
+    grid = schedules.sampling_grid(sched, 1000, "uniform_t")
+    np.testing.assert_allclose(grid.t[:-1], np.arange(1000, 0, -1) / 1000, rtol=1e-6)
+    abar = np.concatenate([[1.0], sched.discrete_alpha_bar()])      # abar[n], n = 0..T
+    den = G.oracle_denoiser(GMM, sched)
+    x_n = jax.random.normal(jax.random.key(5), (6, 2))
+
+    @jax.jit
+    def one_ddpm_step(one_step, z):
+        """x_{n-1} from x_n with step noise z (ddim_run on a one-step grid, eta = 1)."""
+        ctx = SamplerContext(lambda y, t, a: den(a * y, t), one_step, lambda i: z, sched,
+                             {"eta": 1.0})
+        return one_step.alpha[1] * ddim.ddim_run(ctx, x_n / one_step.alpha[0])
+
+    for n in [1000, 500, 2, 1]:    # n = 1: abar_0 = 1, the step returns x0 with no noise
+        i = 1000 - n
+        one_step = schedules.Grid(t=grid.t[i:i + 2], alpha=grid.alpha[i:i + 2],
+                                  sigma_ve=grid.sigma_ve[i:i + 2])
+        mean = one_ddpm_step(one_step, jnp.zeros_like(x_n))
+        std = one_ddpm_step(one_step, jnp.ones_like(x_n)) - mean
+        x0 = np.asarray(den(x_n, jnp.float32(n / 1000)), np.float64)
+        beta = 1.0 - abar[n] / abar[n - 1]
+        want_mean = (np.sqrt(abar[n - 1]) * beta / (1 - abar[n]) * x0
+                     + np.sqrt(1 - beta) * (1 - abar[n - 1]) / (1 - abar[n]) * np.asarray(x_n))
+        want_var = (1 - abar[n - 1]) / (1 - abar[n]) * beta
+        np.testing.assert_allclose(mean, want_mean, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(std, np.sqrt(want_var), rtol=2e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="unknown sampler"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="rk45")
+    with pytest.raises(ValueError, match="steps"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="heun", steps=0)
+    with pytest.raises(ValueError, match="NFE"):
+        samplers.steps_for_nfe("heun", 0)
+    with pytest.raises(ValueError, match="decreasing"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="euler", grid=[0.5, 0.8, 0.0])
+    with pytest.raises(ValueError, match="cond batch"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="euler", cond=jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match="no option"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="dpmpp_2m", eta=1.0)
+    with pytest.raises(ValueError, match="order"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="unipc", steps=3, order=4)
+    with pytest.raises(ValueError, match="max_order"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="ipndm", steps=3, max_order=5)
+    with pytest.raises(ValueError, match="s_churn"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="heun_sde", steps=3, s_churn=-1.0)
