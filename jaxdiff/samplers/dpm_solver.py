@@ -2,11 +2,11 @@
 for Guided Sampling of Diffusion Probabilistic Models").
 
 Time is lambda = -log sigma_ve and the state the scaled y = x / alpha, so the exact solution over a
-step of size h = lambda_{i+1} - lambda_i is Eq. (*) of ``expint`` (Lu et al. 2022b, Eq. 9 divided
+step of size h = lambda_{i+1} - lambda_i is Eq. (*) of ``expint`` (Lu et al. 2022b, Sec. 4, divided
 by alpha).  With D_0 = D(y_i), D_1, D_2 the data predictions at the previous two grid points,
 h_0 = lambda_i - lambda_{i-1}, h_1 = lambda_{i-1} - lambda_{i-2}, and e^{-h} = sigma_{i+1}/sigma_i:
 
-  order 1 (DPM-Solver++1 = DDIM, Lu et al. 2022b Eq. 10):
+  order 1 (first-order DPM-Solver++ = DDIM):
       y_{i+1} = e^{-h} y_i + (1 - e^{-h}) D_0
   order 2 (DPM-Solver++(2M), Lu et al. 2022b Algorithm 2, r = h_0 / h):
       y_{i+1} = e^{-h} y_i + (1 - e^{-h}) [(1 + 1/(2r)) D_0 - 1/(2r) D_1]

@@ -1,8 +1,8 @@
 """Helpers shared by the exponential-integrator samplers (DPM-Solver++, UniPC).
 
 In scaled coordinates (y = x / alpha) and log-SNR time lambda = -log sigma_ve the probability-flow
-ODE is linear in y with the data prediction as forcing (Lu et al. 2022b, "DPM-Solver++", Eq. 9
-in scaled form):
+ODE is linear in y with the data prediction as forcing (Lu et al. 2022b, "DPM-Solver++", Sec. 4:
+the exact solution of the data-prediction ODE, divided by alpha):
 
     dy/dlambda = D(y, lambda) - y,
     y(lambda + h) = e^{-h} y(lambda) + int_0^h e^{-(h - u)} D(lambda + u) du.          (*)
@@ -12,7 +12,8 @@ Taylor-expanding D around lambda turns (*) into weights on D and its derivatives
     int_0^h e^{-(h - u)} u^k / k! du = h^{k+1} phi_{k+1}(-h),
     phi_j(z) = sum_{m >= 0} z^m / (m + j)!      (phi_1(z) = (e^z - 1) / z, ...),
 
-the phi functions of exponential integrators (Hochbruck & Ostermann 2010, Acta Numerica, Eq. 2.10).
+the phi functions of exponential integrators (Hochbruck & Ostermann 2010, "Exponential
+integrators", Acta Numerica, Sec. 2).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Improved PNDM (iPNDM): Adams-Bashforth multistep on the probability-flow ODE in sigma_ve
-(Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator" (DEIS),
-Sec. 4 / Eq. 22 "iPNDM"; the sigma-space form used by Zhou et al. 2024, "Fast ODE-based Sampling
-for Diffusion Models in Around 5 Steps", zju-pi/diff-sampler).
+(Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator" (DEIS), where
+iPNDM is PNDM's linear multistep part with lower-order warm-up instead of Runge-Kutta; in the
+sigma-space form of Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5
+Steps", zju-pi/diff-sampler).
 
 With d_i = (y_i - D(y_i)) / sigma_i (EDM Eq. 4 in scaled coordinates) and the slopes of the
 previous steps d_{i-1}, d_{i-2}, d_{i-3}:

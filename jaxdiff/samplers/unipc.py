@@ -1,5 +1,5 @@
 """UniPC, data prediction with B(h) = bh2 (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector
-Framework for Fast Sampling of Diffusion Models", Algorithms 2-3 / Eqs. 5-9).
+Framework for Fast Sampling of Diffusion Models", Sec. 3: UniC, UniP and the B(h) choices).
 
 Scaled state y = x / alpha, lambda = -log sigma_ve, step i -> i + 1 of size h, e^{-h} =
 sigma_{i+1}/sigma_i, psi0 = 1 - e^{-h} (= -B(h) for bh2).  With D_0 the data prediction at point i
