@@ -154,6 +154,25 @@ def state_shardings(state, mesh, rule: str):
                 ema=parallel.param_shardings(mesh, state["ema"], rule), rng=rep)
 
 
+def place_state(state, shard):
+    """Puts a state onto its shardings; leaves already on exactly these shardings are kept.
+
+    Other leaves (the freshly initialised state, a restored PRNG key) hold the same value on
+    every process and go through host memory: in a multi-process job ``jax.device_put`` cannot
+    move a single-device array onto a sharding that spans other processes' devices, but it
+    accepts the same NumPy value on every process.
+    """
+    def one(x, s):
+        if isinstance(x, jax.Array) and x.sharding == s:
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x), s),
+                                            impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), s)
+
+    return jax.tree.map(one, state, shard)
+
+
 def compile_train_step(setup: Setup, state, mesh):
     """jit with the state donated and its shardings pinned; batch sharded over the mesh."""
     shard = state_shardings(state, mesh, setup.config.mesh.param_rule)
@@ -241,9 +260,10 @@ def train(config, workdir: str) -> dict:
     tc = config.train
     C.validate(config, device_count=mesh.size)
     source = get_source(config.data, "train")
-    setup, state = build_setup(config, source.num_classes, source.image_shape)
+    # Validate against the data before build_setup: initialising the network already compiles.
     C.validate(config, num_classes=source.num_classes, data_shape=source.image_shape,
                device_count=mesh.size)
+    setup, state = build_setup(config, source.num_classes, source.image_shape)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:
@@ -262,7 +282,7 @@ def train(config, workdir: str) -> dict:
         start = int(jax.device_get(state["step"]))
         if is_main:
             print(f"resumed from {ckpt.directory} at step {start}", flush=True)
-    state = jax.device_put(state, shard)
+    state = place_state(state, shard)
 
     sampler = BatchSampler(num_examples=len(source), global_batch_size=int(tc.batch_size),
                            seed=int(config.seed), process_index=jax.process_index(),
