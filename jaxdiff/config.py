@@ -201,9 +201,6 @@ def validate(config, num_classes: int | None = None, data_shape=None,
     if not (s.labels == "balanced" or str(s.labels).isdigit()):
         raise ValueError(f"config.sample.labels: expected 'balanced' or a class index, got "
                          f"{s.labels!r}")
-    if device_count is not None and s.shard_size % device_count:
-        raise ValueError(f"config.sample.shard_size: {s.shard_size} is not divisible by the "
-                         f"{device_count} devices")
     if config.mesh.param_rule not in ("replicate", "fsdp"):
         raise ValueError(f"config.mesh.param_rule: unknown {config.mesh.param_rule!r}; choose "
                          f"'replicate' or 'fsdp'")
