@@ -9,7 +9,8 @@ An experiment config (``configs/*.py``, ``get_config()``) is one ``ml_collection
                     CFG condition dropout
   optim             AdamW, learning-rate schedule, gradient clipping
   train             steps, batch size, EMA decays, logging / sampling / checkpoint cadence
-  sample            sampler used for the preview grids (and the sampling job)
+  sample            sampler used for the preview grids and the sampling job
+  eval              own feature network (trained per dataset), Inception weights
   mesh              data / fsdp axes, parameter sharding rule
   distributed       'auto' | True | False (``jaxdiff.parallel.maybe_initialize_distributed``)
 
@@ -71,6 +72,14 @@ def default_sample_config() -> ml_collections.ConfigDict:
         t_lo=0.0, t_hi=1.0, out_name=""))
 
 
+def default_eval_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        feature_network_dir="",            # '' -> $JAXDIFF_CACHE/feature_networks/<dataset>
+        train_classifier_if_missing=True,
+        classifier_steps=1500, classifier_batch_size=128, classifier_seed=0,
+        inception_weights=""))             # pytorch-fid weights file ('' -> $JAXDIFF_INCEPTION_WEIGHTS)
+
+
 def default_mesh_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_rule="replicate"))
 
@@ -80,7 +89,8 @@ def base_config(data_cfg, model_cfg) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         seed=0, data=data_cfg, model=model_cfg, diffusion=default_diffusion_config(),
         optim=default_optim_config(), train=default_train_config(),
-        sample=default_sample_config(), mesh=default_mesh_config(), distributed="auto"))
+        sample=default_sample_config(), eval=default_eval_config(), mesh=default_mesh_config(),
+        distributed="auto"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,7 +130,7 @@ def _number(value, field: str, *, low: float | None = None, high: float | None =
 
 
 def _require_sections(config) -> None:
-    for section in ("data", "model", "diffusion", "optim", "train", "sample", "mesh"):
+    for section in ("data", "model", "diffusion", "optim", "train", "sample", "eval", "mesh"):
         if section not in config:
             raise ValueError(f"config.{section}: missing section")
 
@@ -201,6 +211,10 @@ def validate(config, num_classes: int | None = None, data_shape=None,
     if not (s.labels == "balanced" or str(s.labels).isdigit()):
         raise ValueError(f"config.sample.labels: expected 'balanced' or a class index, got "
                          f"{s.labels!r}")
+    e = config.eval
+    _number(e.classifier_steps, "eval.classifier_steps", low=1, integer=True)
+    _number(e.classifier_batch_size, "eval.classifier_batch_size", low=1, integer=True)
+    _number(e.classifier_seed, "eval.classifier_seed", low=0, integer=True)
     if config.mesh.param_rule not in ("replicate", "fsdp"):
         raise ValueError(f"config.mesh.param_rule: unknown {config.mesh.param_rule!r}; choose "
                          f"'replicate' or 'fsdp'")

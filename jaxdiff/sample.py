@@ -40,22 +40,19 @@ class ShardError(ValueError):
     """A shard on disk is unreadable or does not match the job's protocol."""
 
 
-def protocol(config, setup, step: int) -> dict:
+def protocol(config, num_classes: int, data_shape, step: int) -> dict:
     """The JSON-able description that fixes the set of samples."""
     s = config.sample
     nfe = samplers.nfe_of(s.sampler, int(s.steps))
+    guided = num_classes > 0 and float(s.cfg_scale) != 1.0
     return dict(checkpoint_step=int(step), sampler=s.sampler, steps=int(s.steps), nfe=nfe,
-                network_evaluations_per_sample=nfe * (2 if _guided(setup, s) else 1),
+                network_evaluations_per_sample=nfe * (2 if guided else 1),
                 grid=s.grid, cfg_scale=float(s.cfg_scale), guidance_interval=[float(s.t_lo),
                                                                               float(s.t_hi)],
                 ema_index=int(s.ema_index), seed=int(s.seed), labels=str(s.labels),
                 num_samples=int(s.num_samples), shard_size=int(s.shard_size),
-                image_shape=list(setup.data_shape), num_classes=setup.num_classes,
+                image_shape=list(data_shape), num_classes=int(num_classes),
                 dataset=config.data.name if config.data.name != "tfds" else config.data.tfds_name)
-
-
-def _guided(setup, s) -> bool:
-    return setup.num_classes > 0 and float(s.cfg_scale) != 1.0
 
 
 def protocol_tag(proto: dict) -> str:
@@ -146,7 +143,7 @@ def sample_job(config, workdir: str) -> dict:
     setup, state = build_setup(config, source.num_classes, source.image_shape)
     params, step = restore_params(config, workdir, setup, state,
                                   None if int(s.checkpoint_step) < 0 else int(s.checkpoint_step))
-    proto = protocol(config, setup, step)
+    proto = protocol(config, setup.num_classes, setup.data_shape, step)
     out_dir = os.path.join(workdir, "samples", s.out_name or protocol_tag(proto))
     is_main = jax.process_index() == 0
     if is_main:
