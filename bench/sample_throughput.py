@@ -1,0 +1,240 @@
+"""Sampling throughput with classifier-free guidance: jaxdiff vs diffusers' scheduler loop.
+
+Same network as bench/train_throughput.py (jaxdiff's default U-Net, freshly initialised; the
+diffusers UNet2DModel closest to it), batch 16 of 32x32x3, CFG scale 2 with the conditional and
+null branches in one batched network call (batch 32):
+
+  ddim   jaxdiff ``sample(..., sampler='ddim', steps=50)`` (one compiled lax.scan) vs the standard
+         diffusers pipeline loop ``for t in DDIMScheduler.timesteps: net(cat([x, x]), t, labels /
+         null) -> guidance -> scheduler.step`` (50 NFE)
+  heun   jaxdiff ``sampler='heun', steps=18`` (EDM Algorithm 1, 35 NFE) vs the same loop over
+         diffusers' HeunDiscreteScheduler with 18 steps (35 NFE)
+
+JAX variants ``default`` and ``2dev`` (two simulated CPU devices, batch sharded over them); the
+PyTorch side runs in the venv of --torch-python.  Each variant in its own process, rounds in
+alternating order.  The JAX worker also counts compilations: after the first call, calls with a
+different CFG scale, seed and labels must reuse the compiled sampler
+(``jaxdiff.samplers.base._run_jit._cache_size()`` unchanged).
+
+  python bench/sample_throughput.py                     # measure, write docs/performance.md
+  python bench/sample_throughput.py --iters 1 --warmup 1 --rounds 1 --samplers ddim:3,heun:2 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch_unet as T  # noqa: E402
+import train_throughput as TT  # noqa: E402  (model config, variants, versions)
+
+SAMPLER_GRIDS = {"ddim": "uniform_t", "heun": "karras"}
+VARIANT_LABELS = {
+    "default": "JAX, jaxdiff default",
+    "2dev": "JAX, 2 simulated CPU devices",
+    "torch": "PyTorch eager, diffusers scheduler loop",
+}
+
+
+def parse_samplers(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        name, steps = item.split(":")
+        out.append((name.strip(), int(steps)))
+    return out
+
+
+def jax_worker(args) -> dict:
+    import jaxdiff  # noqa: F401  (first: appends its XLA flag before the backend starts)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxdiff import parallel, samplers
+    from jaxdiff.guidance import CFG
+    from jaxdiff.samplers.base import _run_jit
+    from jaxdiff.train import build_setup
+
+    config = TT.model_config(args.num_heads)
+    setup, state = build_setup(config, 10, (32, 32, 3))
+    mesh = parallel.make_mesh(config.mesh)
+    params = jax.device_put(state["params"], parallel.replicated(mesh))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    den = setup.denoiser(params)
+    del state
+    batch_sharding = parallel.batch_sharding(mesh)
+    b = args.batch
+    indices = jax.device_put(jnp.arange(b), batch_sharding)
+    rng = np.random.default_rng(0)
+
+    def call(name, steps, scale, seed):
+        labels = jax.device_put(jnp.asarray(rng.integers(0, 10, (b,)), jnp.int32),
+                                batch_sharding)
+        guided = CFG(den, scale=scale, null=10)   # Python float: a traced leaf
+        out = samplers.sample(guided, jax.random.key(seed), (b, 32, 32, 3), sampler=name,
+                              steps=steps, grid=SAMPLER_GRIDS[name], cond=labels,
+                              indices=indices)
+        jax.block_until_ready(out.x0)
+        return out
+
+    runs = {}
+    for name, steps in parse_samplers(args.samplers):
+        before = _run_jit._cache_size()
+        t0 = time.perf_counter()
+        out = call(name, steps, 2.0, 0)
+        first = time.perf_counter() - t0
+        after_first = _run_jit._cache_size()
+        for s in range(1, args.warmup):
+            call(name, steps, 2.0, s)
+        times = []
+        for s in range(args.iters):          # new seed and new labels every call
+            t0 = time.perf_counter()
+            call(name, steps, 2.0, 100 + s)
+            times.append(time.perf_counter() - t0)
+        call(name, steps, 3.5, 999)          # another CFG scale, seed and labels
+        after_all = _run_jit._cache_size()
+        summ = T.summarize(times)
+        runs[name] = dict(sampler=name, steps=steps, nfe=out.nfe, first_s=first,
+                          compile_s_est=first - summ["median_s"],
+                          compiles_first_call=after_first - before,
+                          recompiles_after_first=after_all - after_first,
+                          finite=bool(np.isfinite(np.asarray(out.x0)).all()), **summ)
+    return dict(side="jax", params=n_params, runs=runs, backend=jax.default_backend(),
+                devices=jax.device_count(), xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def worker_cmd(args, side: str) -> list[str]:
+    common = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch),
+              "--samplers", args.samplers]
+    if side == "torch":
+        return [T.torch_python(args.torch_python), os.path.join(TT.REPO, "bench", "torch_unet.py"),
+                "sample", *common]
+    return [sys.executable, os.path.abspath(__file__), "--worker", *common,
+            "--num-heads", str(args.num_heads)]
+
+
+def run_all(args, variants):
+    results = {v: [] for v in variants}
+    for r in range(args.rounds):
+        order = variants if r % 2 == 0 else list(reversed(variants))
+        for v in order:
+            env = {} if v == "torch" else TT.JAX_VARIANTS[v]
+            res = T.run_worker(worker_cmd(args, "torch" if v == "torch" else "jax"), env=env,
+                               label=f"sample:{v}")
+            res["load_after"] = T.load_average()
+            results[v].append(res)
+            for name, run in res["runs"].items():
+                extra = ("" if v == "torch" else
+                         f"  recompiles after first call: {run['recompiles_after_first']}")
+                print(f"[sample] round {r + 1} {v:8s} {name}: median {run['median_s']:.3f} s "
+                      f"({args.batch / run['median_s']:.2f} images/s), first "
+                      f"{run['first_s']:.2f} s{extra}; peak RSS {res['peak_rss_mib']:.0f} MiB; "
+                      f"load {res['load_after']:.2f}", flush=True)
+    return results
+
+
+def render(args, results, meta) -> str:
+    samplers_ = parse_samplers(args.samplers)
+    lines = [
+        "## Sampling",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']}.",
+        "",
+        f"Machine: {meta['cpu_model']}, {meta['cores']} cores; 1-minute load average "
+        f"{meta['load_start']:.2f} at the start (after waiting {meta['waited_s']} s"
+        f"{', gave up waiting' if meta['gave_up'] else ''}) and {meta['load_end']:.2f} at the "
+        f"end.  Versions: jax {meta['jax']}, jaxlib {meta['jaxlib']}, flax {meta['flax']}, "
+        f"torch {meta.get('torch', '-')}, diffusers {meta.get('diffusers', '-')}.",
+        "",
+        f"Work: one sampling call for a batch of {args.batch} 32x32x3 images, class-conditional "
+        "with CFG scale 2 (conditional and null branch in one batched network call of batch "
+        f"{2 * args.batch}), float32, freshly initialised networks.  Each variant in its own "
+        f"process (both samplers in it), {args.rounds} rounds in alternating order, "
+        f"{args.warmup} warm-up call(s) then the median of {args.iters} timed calls, each with a "
+        "new seed and new labels.  JAX compile is estimated as first call - median call.  Peak "
+        "RSS: the process's `ru_maxrss` (largest over rounds), covering both samplers.  Ratio: "
+        "PyTorch s/call / variant s/call.",
+        "",
+        "| sampler | NFE | variant | s/call per round (median) | images/s | compile s (est.) | "
+        "peak RSS MiB | vs PyTorch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, _ in samplers_:
+        torch_med = (statistics.median(r["runs"][name]["median_s"] for r in results["torch"])
+                     if "torch" in results else None)
+        for v, rs in results.items():
+            runs = [r["runs"][name] for r in rs]
+            med = statistics.median(x["median_s"] for x in runs)
+            comp = "-" if v == "torch" else " / ".join(f"{x['compile_s_est']:.1f}" for x in runs)
+            ratio = f"{torch_med / med:.2f}x" if torch_med else "-"
+            label = VARIANT_LABELS[v]
+            if v == "torch":
+                label += " (DDIMScheduler)" if name == "ddim" else " (HeunDiscreteScheduler)"
+            lines.append(
+                f"| {name} {runs[0]['steps']} steps | {runs[0]['nfe']} | {label} | "
+                f"{' / '.join('%.2f' % x['median_s'] for x in runs)} | {args.batch / med:.2f} | "
+                f"{comp} | {max(r['peak_rss_mib'] for r in rs):.0f} | {ratio} |")
+    lines.append("")
+    rec = []
+    for v, rs in results.items():
+        if v == "torch":
+            continue
+        for name, _ in samplers_:
+            counts = [r["runs"][name]["recompiles_after_first"] for r in rs]
+            firsts = [r["runs"][name]["compiles_first_call"] for r in rs]
+            rec.append(f"{v}/{name}: first call compiled {max(firsts)}, later calls "
+                       f"{'/'.join(map(str, counts))}")
+    lines += ["Recompile counter (`jaxdiff.samplers.base._run_jit._cache_size()`; after the first "
+              "call, the timed calls use new seeds and labels and a last call also changes the CFG "
+              "scale from 2 to 3.5; 0 means no recompilation): " + "; ".join(rec) + ".", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--num-heads", type=int, default=1)
+    p.add_argument("--samplers", default="ddim:50,heun:18",
+                   help="comma-separated name:steps with name in {ddim, heun}")
+    p.add_argument("--variants", default="default,2dev,torch")
+    p.add_argument("--torch-python", default=None,
+                   help=f"python of the PyTorch venv (default $JAXDIFF_BENCH_TORCH_PYTHON or "
+                        f"{T.DEFAULT_VENV}/bin/python)")
+    p.add_argument("--setup-venv", action="store_true", help="create the PyTorch venv first")
+    p.add_argument("--wait-load", type=float, default=0.0)
+    p.add_argument("--wait-timeout", type=float, default=1500.0)
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        T.emit(jax_worker(args))
+        return
+    if args.setup_venv:
+        T.setup_venv(T.torch_python(args.torch_python))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    wait = T.wait_for_load(args.wait_load, args.wait_timeout)
+    results = run_all(args, variants)
+    torch_res = results["torch"][0] if "torch" in results else {}
+    meta = dict(command="python " + " ".join(
+        [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),
+        date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
+        waited_s=wait["waited_s"], gave_up=wait["gave_up"], load_end=T.load_average(),
+        torch=torch_res.get("torch", "-"), diffusers=torch_res.get("diffusers", "-"),
+        **T.cpu_info(), **TT.versions())
+    text = render(args, results, meta)
+    print(text)
+    if not args.no_write:
+        T.replace_section(TT.DOC, "sampling", text, TT.DOC_HEADER)
+        print(f"wrote {TT.DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Train-step throughput: jaxdiff's default U-Net vs the closest diffusers UNet2DModel (PyTorch).
+
+One AdamW step (lr 2e-4, betas (0.9, 0.999), eps 1e-8, no weight decay, grad-norm clip 1.0, one
+EMA at 0.999 with warm-up) on the eps-MSE loss at a uniformly random time, batch 32 of 32x32x3
+images, 10 classes with 10% CFG condition dropout to the null token.  Every variant runs in its
+own process; rounds alternate the order; each process does warm-up steps and then times
+``--iters`` steps (median reported).  JAX variants:
+
+  default    jaxdiff as imported (it appends its CPU XLA flag, see jaxdiff/xla_flags.py)
+  flag_off   JAXDIFF_NO_XLA_FLAGS=1 (XLA's own CPU defaults)
+  2dev       XLA_FLAGS=--xla_force_host_platform_device_count=2: data parallel over two
+             simulated CPU devices (jaxdiff's flag on)
+
+plus ``torch`` (diffusers, eager, in the venv given by --torch-python).  On a GPU backend the JAX
+worker also reports MFU (FLOPs from the compiled step's cost analysis / step time / peak of the
+device kind); that path runs only on a GPU machine.
+
+  python bench/train_throughput.py                    # measure, write docs/performance.md
+  python bench/train_throughput.py --setup-venv       # first create the PyTorch venv
+  python bench/train_throughput.py --iters 1 --warmup 1 --rounds 1 --no-write   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from importlib import metadata
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch_unet as T  # noqa: E402  (stdlib-only helpers; torch is imported in its workers)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(REPO, "docs", "performance.md")
+DOC_HEADER = """# Performance
+
+CPU (and, where a GPU was available, GPU) throughput of jaxdiff's default U-Net against the
+closest diffusers U-Net in PyTorch, measured in the same run.  How to reproduce: `bench/README.md`.
+"""
+
+JAX_VARIANTS = {
+    "default": {"JAXDIFF_NO_XLA_FLAGS": None, "XLA_FLAGS": None},
+    "flag_off": {"JAXDIFF_NO_XLA_FLAGS": "1", "XLA_FLAGS": None},
+    "2dev": {"JAXDIFF_NO_XLA_FLAGS": None,
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+}
+VARIANT_LABELS = {
+    "default": "JAX, jaxdiff default (its CPU XLA flag on)",
+    "flag_off": "JAX, flag off (`JAXDIFF_NO_XLA_FLAGS=1`)",
+    "2dev": "JAX, 2 simulated CPU devices, data parallel",
+    "torch": "PyTorch eager, diffusers UNet2DModel",
+}
+
+# Dense peak FLOP/s by device kind (substring match) and compute dtype, for MFU.
+PEAK_FLOPS = {
+    "H200": {"bfloat16": 989e12, "float32": 494e12},   # float32 peak: TF32 tensor cores
+    "H100": {"bfloat16": 989e12, "float32": 494e12},   # SXM; PCIe is lower (756 / 378)
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "L4": {"bfloat16": 121e12, "float32": 60e12},
+}
+
+
+ARCH_NOTE = """\
+The two networks.  Shared: 3x3 input conv to 64 channels; encoder levels of 64 / 128 / 128
+channels at 32 / 16 / 8 pixels with 2 residual blocks each and stride-2 3x3 conv downsampling;
+middle res - attention - res at 8x8; decoder with 3 residual blocks per level, each concatenating
+one encoder activation, nearest-neighbour + 3x3 conv upsampling; one-head self-attention after
+every residual block at 16x16; sinusoidal(64) -> MLP -> 256-wide time embedding plus an 11-row
+class table (row 10 = null); time and class enter each residual block as a scale and shift after
+its second GroupNorm (ADM's AdaGN; diffusers `resnet_time_scale_shift="scale_shift"`);
+GroupNorm(32) -> SiLU -> 3x3 conv output.  Differences: diffusers keeps an affine scale / bias
+on that second GroupNorm (+3,712 parameters) and, with `scale_shift`, its middle attention block
+has no GroupNorm (-256), which is the whole parameter difference; jaxdiff computes q, k, v with
+one fused Linear (diffusers: three), zero-initialises the last layer of every residual branch,
+attention block and the output (no effect on speed), uses GroupNorm eps 1e-6 (torch: 1e-5), NHWC
+layout (torch: NCHW) and a continuous t scaled by 1000 as the noise input (diffusers: integer
+timesteps).  The loss path is the same: uniform t, x_t = alpha x0 + sigma eps on the cosine VP
+schedule, MSE on eps."""
+
+
+def model_config(num_heads: int = 1, dtype: str = "float32", batch: int = 32):
+    """jaxdiff's 'default U-Net' for 32x32x3, 10 classes, and the benchmark's training setup."""
+    from jaxdiff.config import base_config
+    from jaxdiff.data import default_data_config
+    from jaxdiff.models import default_unet_config
+
+    model = default_unet_config()
+    model.base_channels = 64
+    model.channel_mult = (1, 2, 2)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.num_heads = num_heads
+    model.num_groups = 32
+    model.dropout = 0.0
+    model.dtype = dtype
+    config = base_config(default_data_config("cifar10"), model)
+    config.diffusion.schedule = "vp_cosine"
+    config.diffusion.parameterization = "eps"
+    config.diffusion.weighting = "native"      # plain MSE on eps
+    config.diffusion.time_sampler = "uniform"
+    config.diffusion.p_uncond = 0.1
+    config.optim.lr = 2e-4
+    config.optim.lr_schedule = "constant"
+    config.optim.warmup_steps = 0
+    config.optim.weight_decay = 0.0
+    config.optim.grad_clip = 1.0
+    config.train.batch_size = batch
+    config.train.ema_decays = (0.999,)
+    return config
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    for key, table in PEAK_FLOPS.items():
+        if key.lower() in device_kind.lower():
+            return table.get(dtype)
+    return None
+
+
+def flops_of(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def jax_worker(args) -> dict:
+    import jaxdiff  # noqa: F401  (first: appends its XLA flag before the backend starts)
+    import jax
+    import numpy as np
+
+    from jaxdiff import parallel
+    from jaxdiff.train import build_setup, compile_train_step, place_state
+
+    backend = jax.default_backend()
+    dtype = args.dtype or ("bfloat16" if backend == "gpu" else "float32")
+    config = model_config(args.num_heads, dtype, args.batch)
+    setup, state = build_setup(config, 10, (32, 32, 3))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    mesh = parallel.make_mesh(config.mesh)
+    step_fn, shard = compile_train_step(setup, state, mesh)
+    state = place_state(state, shard)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, (args.batch, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, (args.batch,)).astype(np.int32)
+    images, labels = parallel.global_batch((images, labels), mesh)
+
+    t0 = time.perf_counter()
+    lowered = step_fn.lower(state, images, labels)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    trace_s, compile_s = t1 - t0, time.perf_counter() - t1
+    flops = flops_of(compiled)
+
+    def step(state):
+        state, m = compiled(state, images, labels)
+        jax.block_until_ready(m)
+        return state, m
+
+    t0w = time.perf_counter()
+    state, m = step(state)
+    first = time.perf_counter() - t0w
+    loss0 = float(m["loss"])
+    for _ in range(1, args.warmup):
+        state, m = step(state)
+    times = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        state, m = step(state)
+        times.append(time.perf_counter() - t0)
+    out = dict(side="jax", params=n_params, trace_s=trace_s, compile_s=compile_s,
+               first_s=first, loss_first=loss0, loss_last=float(m["loss"]), batch=args.batch,
+               backend=backend, devices=jax.device_count(),
+               device_kind=jax.devices()[0].device_kind, dtype=dtype,
+               xla_flags=os.environ.get("XLA_FLAGS", ""), flops_per_step=flops,
+               **T.summarize(times))
+    if backend == "gpu" and flops:
+        # cost_analysis counts one device's program; with several devices multiply by them.
+        total = flops * (jax.device_count() if jax.device_count() > 1 else 1)
+        peak = peak_flops(out["device_kind"], dtype)
+        achieved = total / out["median_s"]
+        out.update(achieved_flops=achieved, peak_flops=peak,
+                   mfu=(achieved / (peak * jax.device_count())) if peak else None)
+    return out
+
+
+def versions() -> dict:
+    v = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax"):
+        try:
+            v[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            v[pkg] = "not installed"
+    return v
+
+
+def worker_cmd(args, side: str) -> list[str]:
+    common = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch)]
+    if side == "torch":
+        return [T.torch_python(args.torch_python), os.path.join(REPO, "bench", "torch_unet.py"),
+                "train", *common]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *common,
+           "--num-heads", str(args.num_heads)]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
+    return cmd
+
+
+def run_all(args, variants: list[str], cmd_fn, label: str) -> dict[str, list[dict]]:
+    """Alternating rounds: round r runs the variants in order (r even) or reversed (r odd)."""
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        order = variants if r % 2 == 0 else list(reversed(variants))
+        for v in order:
+            env = {} if v == "torch" else JAX_VARIANTS[v]
+            side = "torch" if v == "torch" else "jax"
+            res = T.run_worker(cmd_fn(args, side), env=env, label=f"{label}:{v}")
+            res["load_after"] = T.load_average()
+            results[v].append(res)
+            print(f"[{label}] round {r + 1} {v:9s} median {res['median_s']:.3f} s  "
+                  f"({args.batch / res['median_s']:.1f} images/s)  peak RSS "
+                  f"{res['peak_rss_mib']:.0f} MiB  load {res['load_after']:.2f}", flush=True)
+    return results
+
+
+def render(args, results, meta) -> str:
+    torch_med = (statistics.median([r["median_s"] for r in results["torch"]])
+                 if "torch" in results else None)
+    gpu = any(r.get("backend") == "gpu" for rs in results.values() for r in rs)
+    rows = ["| variant | parameters | compile s (trace + XLA) | s/step per round (median) | "
+            "images/s | peak RSS MiB | vs PyTorch |",
+            "|---|---|---|---|---|---|---|"]
+    for v, rs in results.items():
+        med = statistics.median([r["median_s"] for r in rs])
+        rounds = " / ".join(f"{r['median_s']:.3f}" for r in rs)
+        comp = ("-" if v == "torch" else " / ".join(
+            f"{r['trace_s'] + r['compile_s']:.1f}" for r in rs))
+        rss = max(r["peak_rss_mib"] for r in rs)
+        ratio = f"{torch_med / med:.2f}x" if torch_med else "-"
+        rows.append(f"| {VARIANT_LABELS[v]} | {rs[0]['params']:,} | {comp} | {rounds} | "
+                    f"{args.batch / med:.1f} | {rss:.0f} | {ratio} |")
+    jax_any = next(r[0] for v, r in results.items() if v != "torch")
+    torch_any = results["torch"][0] if "torch" in results else {}
+    lines = [
+        "## Training",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']}.",
+        "",
+        f"Machine: {meta['cpu_model']}, {meta['cores']} cores; 1-minute load average "
+        f"{meta['load_start']:.2f} at the start (after waiting {meta['waited_s']} s"
+        f"{', gave up waiting' if meta['gave_up'] else ''}) and {meta['load_end']:.2f} at the "
+        f"end.  Versions: jax {meta['jax']}, jaxlib {meta['jaxlib']}, flax {meta['flax']}, "
+        f"optax {meta['optax']}, torch {torch_any.get('torch', '-')}, diffusers "
+        f"{torch_any.get('diffusers', '-')} (torch threads: {torch_any.get('torch_threads', '-')})."
+        f"  Backend: {jax_any['backend']}, dtype {jax_any['dtype']}.",
+        "",
+        f"Work: one optimizer step, batch {args.batch}, 32x32x3, 10 classes (+ null token, 10% "
+        "CFG dropout), eps-MSE at uniform random t, AdamW (lr 2e-4, no weight decay), grad-norm "
+        "clip 1.0, one EMA (0.999, warm-up).  Each variant in its own process, "
+        f"{args.rounds} rounds in alternating order, {args.warmup} warm-up steps then median of "
+        f"{args.iters} timed steps per process; images/s from the median over rounds.  Peak RSS "
+        "is the process's `ru_maxrss` (largest over rounds).  Ratio: PyTorch s/step / variant "
+        "s/step (> 1: faster than PyTorch).",
+        "",
+        *rows,
+        "",
+        ARCH_NOTE,
+        "",
+    ]
+    if gpu:
+        lines += ["GPU (MFU = cost-analysis FLOPs per step / step time / dense peak of the "
+                  "device kind and dtype):", ""]
+        for v, rs in results.items():
+            for r in rs:
+                if r.get("backend") == "gpu":
+                    mfu = r.get("mfu")
+                    lines.append(f"- {v}: {r['device_kind']}, {r['dtype']}, "
+                                 f"{r['flops_per_step']:.3e} FLOP/step, "
+                                 f"{r.get('achieved_flops', 0) / 1e12:.1f} TFLOP/s, MFU "
+                                 f"{'%.1f%%' % (100 * mfu) if mfu else 'n/a (device kind not in table)'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--iters", type=int, default=5, help="timed steps per process (>= 5 for docs)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (incl. compile)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--num-heads", type=int, default=1)
+    p.add_argument("--dtype", default=None, help="compute dtype (default float32 on CPU, "
+                   "bfloat16 on GPU)")
+    p.add_argument("--variants", default="default,flag_off,2dev,torch")
+    p.add_argument("--torch-python", default=None,
+                   help=f"python of the PyTorch venv (default $JAXDIFF_BENCH_TORCH_PYTHON or "
+                        f"{T.DEFAULT_VENV}/bin/python)")
+    p.add_argument("--setup-venv", action="store_true", help="create the PyTorch venv first")
+    p.add_argument("--wait-load", type=float, default=0.0,
+                   help="wait until the 1-min load average is below this (0: do not wait)")
+    p.add_argument("--wait-timeout", type=float, default=1500.0)
+    p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        T.emit(jax_worker(args))
+        return
+    if args.setup_venv:
+        T.setup_venv(T.torch_python(args.torch_python))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    wait = T.wait_for_load(args.wait_load, args.wait_timeout)
+    results = run_all(args, variants, worker_cmd, "train")
+    meta = dict(command="python " + " ".join(
+        [os.path.relpath(os.path.abspath(__file__), REPO)] + (argv or sys.argv[1:])),
+        date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
+        waited_s=wait["waited_s"], gave_up=wait["gave_up"], load_end=T.load_average(),
+        **T.cpu_info(), **versions())
+    text = render(args, results, meta)
+    print(text)
+    if not args.no_write:
+        T.replace_section(DOC, "training", text, DOC_HEADER)
+        print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
