@@ -41,6 +41,8 @@ def _distributed_mode(cfg) -> bool | str:
     mode = "auto" if cfg is None else cfg.get("distributed", "auto")
     if mode is None:
         mode = "auto"
+    if isinstance(mode, str) and mode.lower() in ("true", "false"):  # from --config.distributed=
+        mode = mode.lower() == "true"
     if mode not in (True, False, "auto"):
         raise ValueError(f"config.distributed must be True, False or 'auto', got {mode!r}")
     return mode
