@@ -11,6 +11,7 @@ An experiment config (``configs/*.py``, ``get_config()``) is one ``ml_collection
   train             steps, batch size, EMA decays, logging / sampling / checkpoint cadence
   sample            sampler used for the preview grids and the sampling job
   eval              own feature network (trained per dataset), Inception weights
+  classify          Diffusion Classifier protocol for --mode=classify
   mesh              data / fsdp axes, parameter sharding rule
   distributed       'auto' | True | False (``jaxdiff.parallel.maybe_initialize_distributed``)
 
@@ -80,6 +81,16 @@ def default_eval_config() -> ml_collections.ConfigDict:
         inception_weights=""))             # pytorch-fid weights file ('' -> $JAXDIFF_INCEPTION_WEIGHTS)
 
 
+def default_classify_config() -> ml_collections.ConfigDict:
+    """``--mode=classify``: the Diffusion Classifier protocol (jaxdiff.classify_job)."""
+    return ml_collections.ConfigDict(dict(
+        num_images=1000,                   # first N held-out images
+        n_samples=(8, 48),                 # cumulative bank sizes per stage (Li et al. Sec. 3.2)
+        keep=(3, 1),                       # survivors after each stage
+        loss="l2", weighting="uniform", grid="stratified", time_space="t",
+        batch_size=50, chunk_size=64, seed=0))
+
+
 def default_mesh_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_rule="replicate"))
 
@@ -89,8 +100,8 @@ def base_config(data_cfg, model_cfg) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         seed=0, data=data_cfg, model=model_cfg, diffusion=default_diffusion_config(),
         optim=default_optim_config(), train=default_train_config(),
-        sample=default_sample_config(), eval=default_eval_config(), mesh=default_mesh_config(),
-        distributed="auto"))
+        sample=default_sample_config(), eval=default_eval_config(),
+        classify=default_classify_config(), mesh=default_mesh_config(), distributed="auto"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +141,8 @@ def _number(value, field: str, *, low: float | None = None, high: float | None =
 
 
 def _require_sections(config) -> None:
-    for section in ("data", "model", "diffusion", "optim", "train", "sample", "eval", "mesh"):
+    for section in ("data", "model", "diffusion", "optim", "train", "sample", "eval",
+                    "classify", "mesh"):
         if section not in config:
             raise ValueError(f"config.{section}: missing section")
 
@@ -215,6 +227,14 @@ def validate(config, num_classes: int | None = None, data_shape=None,
     _number(e.classifier_steps, "eval.classifier_steps", low=1, integer=True)
     _number(e.classifier_batch_size, "eval.classifier_batch_size", low=1, integer=True)
     _number(e.classifier_seed, "eval.classifier_seed", low=0, integer=True)
+    c = config.classify
+    for field in ("num_images", "batch_size", "chunk_size"):
+        _number(c[field], f"classify.{field}", low=1, integer=True)
+    try:
+        from jaxdiff.classify import plan_stages
+        plan_stages(tuple(c.n_samples), tuple(c.keep), 2)
+    except ValueError as e:
+        raise ValueError(f"config.classify.n_samples / keep: {e}") from None
     if config.mesh.param_rule not in ("replicate", "fsdp"):
         raise ValueError(f"config.mesh.param_rule: unknown {config.mesh.param_rule!r}; choose "
                          f"'replicate' or 'fsdp'")

@@ -1,6 +1,6 @@
 """Command-line entry point: ``jaxdiff --config=configs/X.py --workdir=DIR --mode=train``.
 
-Modes: train, sample, eval, train_classifier; several run in order when comma-separated
+Modes: train, sample, eval, train_classifier, classify; several run in order when comma-separated
 (``--mode=train,sample,eval`` is the README's main job).
 
 Config overrides use ml_collections' syntax: ``--config.train.num_steps=200``.  A config error is
@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "eval", "train_classifier")
+MODES = ("train", "sample", "eval", "train_classifier", "classify")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -27,7 +27,7 @@ def _main(argv):
     unknown = [m for m in _MODE.value if m not in MODES]
     if unknown or not _MODE.value:
         raise app.UsageError(f"--mode: unknown {unknown}; choose from {MODES}")
-    from jaxdiff import evaluate, sample, train  # heavy imports after flag parsing
+    from jaxdiff import classify_job, evaluate, sample, train  # heavy imports after parsing
 
     config = _CONFIG.value
     if config is None:
@@ -37,7 +37,8 @@ def _main(argv):
     try:
         jobs = {"train": train.train, "sample": sample.sample_job,
                 "eval": evaluate.evaluate_job,
-                "train_classifier": lambda cfg, _: evaluate.train_feature_network(cfg)}
+                "train_classifier": lambda cfg, _: evaluate.train_feature_network(cfg),
+                "classify": classify_job.classify_job}
         for mode in _MODE.value:
             jobs[mode](config, _WORKDIR.value)
     except ValueError as e:
