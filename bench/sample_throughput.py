@@ -160,9 +160,9 @@ def render(args, results, meta) -> str:
         "RSS: the process's `ru_maxrss` (largest over rounds), covering both samplers.  Ratio: "
         "PyTorch s/call / variant s/call.",
         "",
-        "| sampler | NFE | variant | s/call per round (median) | images/s | compile s (est.) | "
-        "peak RSS MiB | vs PyTorch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sampler | NFE | variant | s/call per round (median) | images/s | s per NFE | "
+        "compile s (est.) | peak RSS MiB | vs PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, _ in samplers_:
         torch_med = (statistics.median(r["runs"][name]["median_s"] for r in results["torch"])
@@ -178,7 +178,7 @@ def render(args, results, meta) -> str:
             lines.append(
                 f"| {name} {runs[0]['steps']} steps | {runs[0]['nfe']} | {label} | "
                 f"{' / '.join('%.2f' % x['median_s'] for x in runs)} | {args.batch / med:.2f} | "
-                f"{comp} | {max(r['peak_rss_mib'] for r in rs):.0f} | {ratio} |")
+                f"{med / runs[0]['nfe']:.3f} | {comp} | {max(r['peak_rss_mib'] for r in rs):.0f} | {ratio} |")
     lines.append("")
     rec = []
     for v, rs in results.items():

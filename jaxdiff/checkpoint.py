@@ -18,9 +18,7 @@ multi-device mesh. Every process of a multi-host job calls ``save`` / ``restore`
 from __future__ import annotations
 
 import os
-import signal
-import sys
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +130,6 @@ class Checkpointer:
             item_handlers={_STATE: ocp.StandardCheckpointHandler(),
                            _EXTRA: ocp.JsonCheckpointHandler()},
         )
-        self._terminating = False
 
     def save(self, step: int, state, extra: dict[str, Any] | None = None,
              force: bool = False) -> bool:
@@ -214,21 +211,3 @@ class Checkpointer:
     def close(self) -> None:
         """Finishes pending saves and releases the manager's resources."""
         self._manager.close()
-
-    def install_sigterm_handler(self, callback: Callable[[], Any]) -> None:
-        """On SIGTERM: run ``callback`` (which should ``save(..., force=True)``), wait, exit 143.
-
-        Python runs the handler in the main thread at the next bytecode boundary, i.e. after the
-        compiled step in flight returns. A second SIGTERM during the save is ignored. Must be
-        called from the main thread.
-        """
-        def handler(signum, frame):
-            del frame
-            if self._terminating:
-                return
-            self._terminating = True
-            callback()
-            self.close()
-            sys.exit(128 + signum)
-
-        signal.signal(signal.SIGTERM, handler)

@@ -161,23 +161,3 @@ def test_sigkill_during_async_save_never_leaves_a_corrupt_latest(tmp_path):
     assert ckpt.latest_step() == 3
     assert not [name for name in os.listdir(tmp_path) if "tmp" in name]
     ckpt.close()
-
-
-def test_sigterm_runs_the_save_callback_then_exits(tmp_path):
-    proc = subprocess.Popen([sys.executable, WORKER, "sigterm", str(tmp_path)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
-    ckpt = Checkpointer(tmp_path)
-    step = ckpt.latest_step()
-    assert step is not None and step >= 1
-    state, extra = ckpt.restore(target={"step": jnp.int32(0), "w": jnp.zeros(4)})
-    assert extra == {"reason": "sigterm"}
-    assert int(state["step"]) == step and np.all(np.asarray(state["w"]) == float(step))

@@ -1,5 +1,4 @@
 """Guidance transforms: exact identities of CFG and classifier guidance on the GMM oracle."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp

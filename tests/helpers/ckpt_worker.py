@@ -6,8 +6,6 @@ Modes:
   kill_after     save step 1, wait until finished, print "saved", then SIGKILL itself.
   kill_mid       save step 1 and wait; start an async save of step 2 with a 64 MiB array, then
                  SIGKILL itself as soon as its files start to appear.
-  sigterm        count steps in a loop with a SIGTERM handler that force-saves the current
-                 step; prints "ready" once the handler is installed.
 """
 import glob
 import json
@@ -81,19 +79,5 @@ def kill_mid(directory):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def sigterm(directory):
-    ckpt = Checkpointer(directory, save_interval_steps=10**6)
-    current = {"step": 1}
-    ckpt.install_sigterm_handler(lambda: ckpt.save(
-        current["step"], small_state(current["step"]), extra={"reason": "sigterm"}, force=True))
-    print("ready", flush=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        current["step"] += 1
-        time.sleep(0.01)
-    sys.exit("no SIGTERM arrived within 60 s")
-
-
 if __name__ == "__main__":
-    {"restore8": restore8, "kill_after": kill_after, "kill_mid": kill_mid,
-     "sigterm": sigterm}[sys.argv[1]](sys.argv[2])
+    {"restore8": restore8, "kill_after": kill_after, "kill_mid": kill_mid}[sys.argv[1]](sys.argv[2])
