@@ -147,7 +147,8 @@ def train_classifier(data_cfg: ml_collections.ConfigDict, workdir: str, steps: i
         return optax.apply_updates(state, updates), opt_state, loss
 
     sampler = BatchSampler(len(train_src), min(batch_size, len(train_src)), seed)
-    for step in range(steps):
+    from tqdm import tqdm
+    for step in tqdm(range(steps), desc="train classifier", unit="step", dynamic_ncols=True):
         images, labels = train_src.get(sampler.indices_for_step(step))
         offsets = shift_offsets(seed, step, len(labels), shift)
         state, opt_state, _ = train_step(state, opt_state, images, labels, offsets)
