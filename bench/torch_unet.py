@@ -39,6 +39,21 @@ RESULT_PREFIX = "RESULT "
 # stdlib helpers used by the orchestrating scripts (main python, no torch)
 # ------------------------------------------------------------------------------------------------
 
+
+def add_runner_args(p) -> None:
+    """The options both benchmarks share: PyTorch venv, load wait, output, worker mode."""
+    import argparse
+
+    p.add_argument("--torch-python", default=None,
+                   help=f"python of the PyTorch venv (default $JAXDIFF_BENCH_TORCH_PYTHON or "
+                        f"{DEFAULT_VENV}/bin/python)")
+    p.add_argument("--setup-venv", action="store_true", help="create the PyTorch venv first")
+    p.add_argument("--wait-load", type=float, default=0.0,
+                   help="wait until the 1-min load average is below this (0: do not wait)")
+    p.add_argument("--wait-timeout", type=float, default=1500.0)
+    p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
 def torch_python(flag_value: str | None) -> str:
     """The venv python for the PyTorch side: flag, then $JAXDIFF_BENCH_TORCH_PYTHON, then default."""
     return (flag_value or os.environ.get("JAXDIFF_BENCH_TORCH_PYTHON")

@@ -294,15 +294,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default=None, help="compute dtype (default float32 on CPU, "
                    "bfloat16 on GPU)")
     p.add_argument("--variants", default="default,flag_off,2dev,torch")
-    p.add_argument("--torch-python", default=None,
-                   help=f"python of the PyTorch venv (default $JAXDIFF_BENCH_TORCH_PYTHON or "
-                        f"{T.DEFAULT_VENV}/bin/python)")
-    p.add_argument("--setup-venv", action="store_true", help="create the PyTorch venv first")
-    p.add_argument("--wait-load", type=float, default=0.0,
-                   help="wait until the 1-min load average is below this (0: do not wait)")
-    p.add_argument("--wait-timeout", type=float, default=1500.0)
-    p.add_argument("--no-write", action="store_true", help="print the table only")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    T.add_runner_args(p)
     args = p.parse_args(argv)
     if args.worker:
         T.emit(jax_worker(args))
