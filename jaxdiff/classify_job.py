@@ -1,10 +1,12 @@
 """``--mode=classify``: zero-shot classification of a dataset split with a trained model.
 
 Runs the Diffusion Classifier (``jaxdiff.classify``; Li et al., ICCV 2023) with the trained
-conditional denoiser of ``WORKDIR`` (chosen EMA, no guidance) over the first
-``config.classify.num_images`` images of the held-out split, every class a candidate, and reports
-accuracy, the confusion matrix and NFE per image, next to the accuracy of jaxdiff's own
-discriminative classifier (the evaluation job's feature network) on the same images.
+conditional denoiser of ``WORKDIR`` (chosen EMA, no guidance) over ``config.classify.num_images``
+images of the held-out split (``heldout_subset``: evenly strided through the split, so a subset of
+a class-sorted split such as mnist5k's still holds every class), with the classes
+``config.classify.candidates`` (empty: every class) as candidates, and reports accuracy, the
+confusion matrix and NFE per image, next to the accuracy of jaxdiff's own discriminative
+classifier (the evaluation job's feature network) on the same images.
 Results: ``WORKDIR/classify/<protocol tag>.json`` and ``.md``.
 """
 from __future__ import annotations
@@ -20,14 +22,45 @@ from jaxdiff import config as C
 from jaxdiff import parallel
 from jaxdiff.data import get_source
 from jaxdiff.evaluate import _feature_network, dataset_name
-from jaxdiff.sample import restore_params
+from jaxdiff.sample import checkpoint_dir, restore_params
 from jaxdiff.train import build_setup
 
 
 def protocol(cc) -> dict:
     return dict(n_samples=list(cc.n_samples), keep=list(cc.keep), loss=cc.loss,
                 weighting=cc.weighting, grid=cc.grid, time_space=cc.time_space,
-                num_images=int(cc.num_images), seed=int(cc.seed))
+                candidates=list(cc.candidates), num_images=int(cc.num_images),
+                seed=int(cc.seed))
+
+
+def heldout_subset(num_images: int, split_size: int) -> np.ndarray:
+    """(n,) int64: n = min(num_images, split_size) indices evenly strided through [0, split_size).
+
+    Index i * split_size // n for i < n: the whole split when n == split_size, and otherwise the
+    same fraction of every contiguous block (every class of a class-sorted split)."""
+    n = min(int(num_images), int(split_size))
+    return np.arange(n, dtype=np.int64) * split_size // n
+
+
+def candidate_classes(cc, num_classes: int) -> np.ndarray:
+    """The candidate class indices of ``config.classify.candidates`` (empty: all classes)."""
+    cand = np.arange(num_classes) if len(cc.candidates) == 0 else np.asarray(cc.candidates)
+    bad = [int(c) for c in cand if not 0 <= int(c) < num_classes]
+    if bad:
+        raise ValueError(f"config.classify.candidates: {bad} outside the model's classes "
+                         f"[0, {num_classes})")
+    if np.unique(cand).size != cand.size:
+        raise ValueError(f"config.classify.candidates: must be distinct, got {cand.tolist()}")
+    return cand.astype(np.int32)
+
+
+def trained_denoiser(config, workdir: str, source):
+    """The conditional Denoiser of ``WORKDIR``'s latest checkpoint (EMA ``config.sample.ema_index``)
+    for a dataset ``source``; returns (denoiser, checkpoint step)."""
+    checkpoint_dir(workdir)
+    setup, state = build_setup(config, source.num_classes, source.image_shape)
+    params, step = restore_params(config, workdir, setup, state)
+    return setup.denoiser(params), step
 
 
 def classify_job(config, workdir: str) -> dict:
@@ -37,18 +70,23 @@ def classify_job(config, workdir: str) -> dict:
     if source.num_classes < 2:
         raise ValueError("config.data: the diffusion classifier needs a class-conditional "
                          f"model, but {source.name} has {source.num_classes} class(es)")
-    n = min(int(cc.num_images), len(source))
+    candidates = candidate_classes(cc, source.num_classes)
+    pool = np.arange(len(source))
+    if candidates.size < source.num_classes:  # only images of the candidate classes
+        pool = pool[np.isin(source.get(pool)[1], candidates)]
+    if pool.size == 0:
+        raise ValueError(f"config.classify.candidates: no held-out image of {source.name} has "
+                         f"one of the classes {candidates.tolist()}")
+    subset = pool[heldout_subset(int(cc.num_images), pool.size)]
+    n = subset.size
     mesh = parallel.make_mesh(config.mesh)
-    setup, state = build_setup(config, source.num_classes, source.image_shape)
-    params, step = restore_params(config, workdir, setup, state)
-    den = setup.denoiser(params)
-    candidates = np.arange(source.num_classes)
+    den, step = trained_denoiser(config, workdir, source)
     key = jax.random.key(int(cc.seed))
     preds, labels_all, nfe = [], [], None
     from tqdm import tqdm
     for start in tqdm(range(0, n, int(cc.batch_size)), desc="classify", unit="batch",
                       disable=jax.process_index() != 0):
-        idx = np.arange(start, min(start + int(cc.batch_size), n))
+        idx = subset[start:start + int(cc.batch_size)]
         images, labels = source.get(idx)
         res = DC.diffusion_classify(
             den, images, candidates, key, num_classes=source.num_classes,
@@ -63,24 +101,28 @@ def classify_job(config, workdir: str) -> dict:
     confusion = np.zeros((source.num_classes,) * 2, np.int64)
     np.add.at(confusion, (labels, pred), 1)
     network, _ = _feature_network(config)
-    disc = np.argmax(network.logits(source.get(np.arange(n))[0]), -1)
+    disc = candidates[np.argmax(network.logits(source.get(subset)[0])[:, candidates], -1)]
     proto = protocol(cc)
     result = dict(protocol=proto, checkpoint_step=step, dataset=dataset_name(config.data),
-                  split="heldout", num_images=n, accuracy=float(np.mean(pred == labels)),
+                  split="heldout", num_images=n, candidates=candidates.tolist(),
+                  accuracy=float(np.mean(pred == labels)),
                   nfe_per_image=int(nfe), confusion=confusion.tolist(),
                   discriminative_baseline=dict(name=network.name, sha256=network.checksum,
                                                accuracy=float(np.mean(disc == labels))))
+    cand_tag = "" if candidates.size == source.num_classes else \
+        "-c" + "_".join(map(str, candidates))
     tag = (f"step{step}-n{'-'.join(map(str, cc.n_samples))}-keep{'-'.join(map(str, cc.keep))}"
-           f"-{cc.loss}-{cc.weighting}-{cc.grid}-{n}")
+           f"-{cc.loss}-{cc.weighting}-{cc.grid}-{cc.time_space}{cand_tag}-{n}")
     out = os.path.join(workdir, "classify")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, tag + ".json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(out, tag + ".md"), "w") as f:
         f.write(_markdown(result))
+    result["path"] = os.path.join(out, tag + ".json")
     print(f"diffusion classifier accuracy {result['accuracy']:.4f} at {nfe} NFE/image on {n} "
           f"held-out images; own discriminative classifier "
-          f"{result['discriminative_baseline']['accuracy']:.4f}", flush=True)
+          f"{result['discriminative_baseline']['accuracy']:.4f}; {result['path']}", flush=True)
     return result
 
 
@@ -88,7 +130,8 @@ def _markdown(r: dict) -> str:
     p = r["protocol"]
     lines = ["# Diffusion Classifier", "",
              f"- model: checkpoint step {r['checkpoint_step']} of {r['dataset']}; "
-             f"{r['num_images']} {r['split']} images, all classes as candidates",
+             f"{r['num_images']} {r['split']} images (evenly strided through the split), "
+             f"candidate classes {r['candidates']}",
              f"- bank: stages {p['n_samples']} keeping {p['keep']}, {p['grid']} grid in "
              f"{p['time_space']}, {p['loss']} error, {p['weighting']} weighting, "
              f"seed {p['seed']} (shared noise across classes)",

@@ -84,7 +84,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
 def default_classify_config() -> ml_collections.ConfigDict:
     """``--mode=classify``: the Diffusion Classifier protocol (jaxdiff.classify_job)."""
     return ml_collections.ConfigDict(dict(
-        num_images=1000,                   # first N held-out images
+        num_images=1000,                   # N held-out images, evenly strided through the split
+        candidates=(),                     # candidate classes; () = every class
         n_samples=(8, 48),                 # cumulative bank sizes per stage (Li et al. Sec. 3.2)
         keep=(3, 1),                       # survivors after each stage
         loss="l2", weighting="uniform", grid="stratified", time_space="t",
@@ -230,11 +231,23 @@ def validate(config, num_classes: int | None = None, data_shape=None,
     c = config.classify
     for field in ("num_images", "batch_size", "chunk_size"):
         _number(c[field], f"classify.{field}", low=1, integer=True)
+    from jaxdiff import classify as DC
     try:
-        from jaxdiff.classify import plan_stages
-        plan_stages(tuple(c.n_samples), tuple(c.keep), 2)
+        DC.plan_stages(tuple(c.n_samples), tuple(c.keep), 2)
     except ValueError as e:
         raise ValueError(f"config.classify.n_samples / keep: {e}") from None
+    for field, allowed in (("loss", DC.LOSSES), ("weighting", DC.WEIGHTINGS),
+                           ("grid", DC.GRIDS), ("time_space", DC.TIME_SPACES)):
+        if c[field] not in allowed:
+            raise ValueError(f"config.classify.{field}: unknown {c[field]!r}; choose one of "
+                             f"{list(allowed)}")
+    if c.weighting == "elbo" and c.loss != "l2":
+        raise ValueError("config.classify.weighting: 'elbo' needs loss 'l2' (the ELBO is a "
+                         f"squared error), got loss {c.loss!r}")
+    if len(c.candidates) == 1 or any(isinstance(v, bool) or not isinstance(v, int)
+                                     for v in c.candidates):
+        raise ValueError(f"config.classify.candidates: give () for every class or at least "
+                         f"two int class indices, got {tuple(c.candidates)}")
     if config.mesh.param_rule not in ("replicate", "fsdp"):
         raise ValueError(f"config.mesh.param_rule: unknown {config.mesh.param_rule!r}; choose "
                          f"'replicate' or 'fsdp'")

@@ -118,13 +118,19 @@ def _check_manifest(out_dir: str, proto: dict) -> None:
         os.replace(path + ".tmp", path)
 
 
-def restore_params(config, workdir: str, setup, state, step: int | None = None):
-    """Restores the train state of ``workdir`` (latest or ``step``); returns (params, step)."""
+def checkpoint_dir(workdir: str) -> str:
+    """``workdir/checkpoints``; raises FileNotFoundError (naming the fix) when it is missing.
+    Jobs call it before building their network, so a wrong --workdir fails at once."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"no checkpoint directory {ckpt_dir}: train first "
                                 f"(--mode=train with the same --workdir)")
-    ckpt = Checkpointer(ckpt_dir, async_save=False)
+    return ckpt_dir
+
+
+def restore_params(config, workdir: str, setup, state, step: int | None = None):
+    """Restores the train state of ``workdir`` (latest or ``step``); returns (params, step)."""
+    ckpt = Checkpointer(checkpoint_dir(workdir), async_save=False)
     try:
         restored, _ = ckpt.restore(step=step, target=state)
     finally:
@@ -140,6 +146,7 @@ def sample_job(config, workdir: str) -> dict:
     mesh = parallel.make_mesh(config.mesh)
     s = config.sample
     source = get_source(config.data, "heldout")
+    checkpoint_dir(workdir)
     setup, state = build_setup(config, source.num_classes, source.image_shape)
     params, step = restore_params(config, workdir, setup, state,
                                   None if int(s.checkpoint_step) < 0 else int(s.checkpoint_step))
