@@ -318,7 +318,9 @@ class ClassifyResult:
     nfe: int
 
 
-def _check_candidates(candidates, num_classes: int) -> np.ndarray:
+def check_candidates(candidates, num_classes: int) -> np.ndarray:
+    """(K,) int32 copy of ``candidates``; ValueError unless they are K >= 1 distinct integer class
+    indices in [0, num_classes)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -367,7 +369,7 @@ def diffusion_classify(den: DenoiserBase, x0: Array, candidates, key: Array, *,
       ValueError on bad candidates / num_classes, stage spec, option names, temperature, batch
       size not divisible by the mesh's batch shards, or indices of the wrong shape.
     """
-    cand = _check_candidates(candidates, num_classes)
+    cand = check_candidates(candidates, num_classes)
     stages = plan_stages(n_samples, keep, cand.shape[0])
     sched = den.schedule
     proto = Protocol(schedule=sched, loss=loss, weighting=weighting, grid=grid,

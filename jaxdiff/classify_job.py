@@ -45,13 +45,10 @@ def heldout_subset(num_images: int, split_size: int) -> np.ndarray:
 def candidate_classes(cc, num_classes: int) -> np.ndarray:
     """The candidate class indices of ``config.classify.candidates`` (empty: all classes)."""
     cand = np.arange(num_classes) if len(cc.candidates) == 0 else np.asarray(cc.candidates)
-    bad = [int(c) for c in cand if not 0 <= int(c) < num_classes]
-    if bad:
-        raise ValueError(f"config.classify.candidates: {bad} outside the model's classes "
-                         f"[0, {num_classes})")
-    if np.unique(cand).size != cand.size:
-        raise ValueError(f"config.classify.candidates: must be distinct, got {cand.tolist()}")
-    return cand.astype(np.int32)
+    try:
+        return DC.check_candidates(cand, num_classes)
+    except ValueError as e:
+        raise ValueError(f"config.classify.candidates: {e}") from None
 
 
 def trained_denoiser(config, workdir: str, source):

@@ -101,8 +101,8 @@ def test_candidate_outside_the_model_and_missing_checkpoint_are_clear_errors(tmp
     proc = _cli([f"--workdir={tmp_path / 'run'}", "--mode=classify",
                  "--config.classify.candidates=(3,12)"], _env(tmp_path))
     assert proc.returncode == 2, proc.stderr[-4000:]
-    assert proc.stderr.strip() == ("jaxdiff: error: config.classify.candidates: [12] outside "
-                                   "the model's classes [0, 10)")
+    assert proc.stderr.strip() == ("jaxdiff: error: config.classify.candidates: candidates [12] "
+                                   "are outside [0, num_classes=10)")
     proc = _cli([f"--workdir={tmp_path / 'run'}", "--mode=classify"], _env(tmp_path))
     assert proc.returncode != 0
     assert "no checkpoint directory" in proc.stderr and "train first" in proc.stderr
