@@ -18,7 +18,7 @@ Run:  python3 bench/diffusion_classifier_mnist5k.py --workdir runs/mnist5k
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import ast
 import json
 import os
 import sys
@@ -39,33 +39,25 @@ from torch_unet import cpu_info, load_average, replace_section  # noqa: E402
 
 from jaxdiff import classify as DC  # noqa: E402
 from jaxdiff.classify_job import classify_job, heldout_subset, trained_denoiser  # noqa: E402
+from jaxdiff.config import load_config_file  # noqa: E402
 from jaxdiff.data import get_source  # noqa: E402
+from jaxdiff.sample import checkpoint_dir  # noqa: E402
 
 DOCS = os.path.join(ROOT, "docs")
 SECTION_HEADER = "# Reproductions\n"
 
 
-def load_config(path: str, overrides: list[str]):
-    """configs/*.py's get_config() with ``a.b=value`` overrides (values parsed as Python
-    literals where they parse)."""
-    import ast
-
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for item in overrides:
+def parse_overrides(items: list[str]) -> dict:
+    """``["a.b=value", ...]`` -> {"a.b": value}, values parsed as Python literals where they
+    parse (``classify.n_samples=(16,64)``), else kept as strings."""
+    out = {}
+    for item in items:
         dotted, raw = item.split("=", 1)
         try:
-            value = ast.literal_eval(raw)
+            out[dotted] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
-            value = raw
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
+            out[dotted] = raw
+    return out
 
 
 def curve(config, workdir: str, num_images: int, banks: list[int]) -> list[dict]:
@@ -95,7 +87,8 @@ def curve(config, workdir: str, num_images: int, banks: list[int]) -> list[dict]
         acc = float(np.mean(np.concatenate(preds) == labels))
         rows.append(dict(n_samples=list(np.atleast_1d(spec["n_samples"]).tolist()),
                          keep=list(spec.get("keep", [source.num_classes])), nfe_per_image=nfe,
-                         accuracy=acc, seconds_per_image=seconds / idx.size))
+                         accuracy=acc, seconds_per_image=seconds / idx.size,
+                         images=int(idx.size)))
         print(f"curve {rows[-1]}", flush=True)
     return rows
 
@@ -161,18 +154,17 @@ def main(argv=None) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides a.b=value, e.g. "
                    "classify.num_images=100")
     args = p.parse_args(argv)
-    config = load_config(args.config, args.overrides)
-    if not os.path.isdir(os.path.join(args.workdir, "checkpoints")):
-        sys.exit(f"no trained model in {args.workdir}: run python3 -m jaxdiff.main "
-                 f"--config={os.path.relpath(args.config, ROOT)} --workdir={args.workdir} "
-                 "--mode=train first")
+    config = load_config_file(args.config, parse_overrides(args.overrides))
+    try:
+        checkpoint_dir(args.workdir)
+    except FileNotFoundError as e:
+        sys.exit(f"{e}, e.g. python3 -m jaxdiff.main --config="
+                 f"{os.path.relpath(args.config, ROOT)} --workdir={args.workdir} --mode=train")
     load_start = load_average()
     t0 = time.perf_counter()
     main_result = classify_job(config, args.workdir)
     seconds = time.perf_counter() - t0
     rows = curve(config, args.workdir, args.curve_images, [int(b) for b in args.banks.split(",")])
-    for r in rows:
-        r["images"] = int(min(args.curve_images, len(get_source(config.data, "heldout"))))
     summary_path = os.path.join(args.workdir, "train_summary.json")
     train_summary = "no train_summary.json"
     if os.path.exists(summary_path):

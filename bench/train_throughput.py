@@ -129,15 +129,11 @@ def bench_model(name: str, num_heads: int = 1, dtype: str = "float32", batch: in
         return model_config(num_heads, dtype, batch), (32, 32, 3), 10
     if name not in CONFIG_MODELS:
         raise ValueError(f"--model: unknown {name!r}; choose one of {MODELS}")
-    import importlib.util
+    from jaxdiff.config import load_config_file
 
     fname, shape, classes = CONFIG_MODELS[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", fname))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.model.dtype = dtype
-    config.train.batch_size = batch
+    config = load_config_file(os.path.join(REPO, "configs", fname),
+                              {"model.dtype": dtype, "train.batch_size": batch})
     return config, shape, classes
 
 

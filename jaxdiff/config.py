@@ -96,6 +96,29 @@ def default_mesh_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(data=-1, fsdp=1, param_rule="replicate"))
 
 
+def load_config_file(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """``get_config()`` of the experiment file ``path`` (e.g. configs/digits.py) with
+    ``{"train.num_steps": 6, ...}`` applied (lists become tuples).  For scripts and tests; the
+    command line uses ml_collections' ``--config.a.b=v`` flags instead.
+
+    Raises KeyError naming an override field the config does not have."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jaxdiff_experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"unknown config field {dotted!r}")
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
 def base_config(data_cfg, model_cfg) -> ml_collections.ConfigDict:
     """A complete config with every section, to be specialised by ``configs/*.py``."""
     return ml_collections.ConfigDict(dict(

@@ -1,29 +1,17 @@
 """Shared by the tests/helpers/train_*.py subprocess scripts: configs and state dumps."""
-import importlib.util
 import os
 
 import jax
 import numpy as np
+
+from jaxdiff.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def digits_config(overrides: dict):
     """configs/digits.py with ``{"train.num_steps": 6, ...}`` applied (lists become tuples)."""
-    spec = importlib.util.spec_from_file_location(
-        "digits_config", os.path.join(ROOT, "configs", "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"unknown config field {dotted!r}")
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    return config
+    return load_config_file(os.path.join(ROOT, "configs", "digits.py"), overrides)
 
 
 def _name(path) -> str:
