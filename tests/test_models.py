@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxdiff.denoiser import NNXApply
-from jaxdiff.models import build_model, default_dit_config, default_unet_config
+from jaxdiff.models import build_model, default_dit_config, default_unet_config, layers
 from jaxdiff.models.dit import FREQ_DIM, DiTBlock
 from jaxdiff.models.unet import Downsample
 
@@ -303,3 +303,53 @@ def test_unet_parameter_count_is_stable():
 
 
 UNET_TINY_PARAMS = 48545
+
+
+def _random_affine(norm, key):
+    k1, k2 = jax.random.split(key)
+    norm.scale.set_value(jax.random.normal(k1, norm.scale.shape))
+    norm.bias.set_value(jax.random.normal(k2, norm.bias.shape))
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 5, 7, 64), 32), ((2, 6, 48), 4), ((2, 4, 4, 8), 8)])
+def test_group_norm_equals_flax_group_norm_values_and_gradients(shape, groups):
+    """jaxdiff's channels-last GroupNorm computes the same function as nnx.GroupNorm (Wu & He
+    2018), with the same parameters, for values and for gradients in x and in the parameters."""
+    x = 3.0 * jax.random.normal(jax.random.key(0), shape) + 1.5
+    ours = layers.GroupNorm(shape[-1], groups)
+    ref = nnx.GroupNorm(shape[-1], groups, rngs=nnx.Rngs(0))
+    _random_affine(ref, jax.random.key(1))
+    ours.scale.set_value(ref.scale.get_value())
+    ours.bias.set_value(ref.bias.get_value())
+    assert (jax.tree.map(jnp.shape, nnx.state(ours, nnx.Param))
+            == jax.tree.map(jnp.shape, nnx.state(ref, nnx.Param)))  # checkpoints carry over
+    np.testing.assert_allclose(ours(x), ref(x), atol=2e-5)
+    np.testing.assert_allclose(jnp.std(ours(x)[..., :shape[-1] // groups]), 1.0, atol=0.5)
+
+    def loss(m, x):
+        return jnp.sum(jnp.sin(m(x)) * jnp.arange(shape[-1]))
+
+    gx_ours, gx_ref = jax.grad(loss, argnums=1)(ours, x), jax.grad(loss, argnums=1)(ref, x)
+    np.testing.assert_allclose(gx_ours, gx_ref, atol=1e-4)
+    gp_ours, gp_ref = nnx.grad(loss)(ours, x), nnx.grad(loss)(ref, x)
+    for name in ("scale", "bias"):
+        np.testing.assert_allclose(gp_ours[name].get_value(), gp_ref[name].get_value(),
+                                   rtol=1e-4, atol=1e-3)
+
+
+def test_group_norm_modulation_is_adagn_and_keeps_dtype():
+    """mod_scale / mod_shift fold ADM's AdaGN, GN(x) * (1 + s) + b, into the normalisation; a
+    bfloat16 input stays bfloat16 (statistics in float32) and non-divisible widths are refused."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 16))
+    s, b = jax.random.normal(jax.random.key(1), (2, 2, 16))
+    plain = layers.GroupNorm(16, 4, use_scale=False, use_bias=False)
+    np.testing.assert_allclose(plain(x, mod_scale=s, mod_shift=b),
+                               layers.modulate(plain(x), b, s), atol=1e-5)
+    np.testing.assert_allclose(plain(x, mod_shift=b), plain(x) + b[:, None, None], atol=1e-6)
+    y16 = plain(x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(y16.astype(jnp.float32), plain(x), atol=0.05)
+    with pytest.raises(ValueError, match="not divisible"):
+        layers.GroupNorm(12, 8)
+    with pytest.raises(ValueError, match="divisible by 4 groups"):
+        layers.group_norm(jnp.ones((2, 4, 10)), 4, 1e-6)

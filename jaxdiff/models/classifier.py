@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models import layers
+
 Array = jax.Array
 
 
@@ -50,7 +52,7 @@ def check_classifier_config(cfg, image_shape, num_classes: int) -> None:
 class _ConvNormAct(nnx.Module):
     def __init__(self, cin: int, cout: int, groups: int, *, rngs: nnx.Rngs):
         self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs)
-        self.norm = nnx.GroupNorm(cout, num_groups=groups, rngs=rngs)
+        self.norm = layers.GroupNorm(cout, num_groups=groups, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return nnx.silu(self.norm(self.conv(x)))

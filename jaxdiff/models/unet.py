@@ -42,11 +42,11 @@ class ResBlock(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int, *, emb_dim: int, num_groups: int, rate: float,
                  dtype: Any, rngs: nnx.Rngs):
         self.rate = rate
-        self.norm1 = nnx.GroupNorm(in_ch, num_groups, dtype=dtype, rngs=rngs)
+        self.norm1 = layers.GroupNorm(in_ch, num_groups, dtype=dtype, rngs=rngs)
         self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), dtype=dtype, rngs=rngs)
         self.emb_proj = nnx.Linear(emb_dim, 2 * out_ch, dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(out_ch, num_groups, use_scale=False, use_bias=False,
-                                   dtype=dtype, rngs=rngs)
+        self.norm2 = layers.GroupNorm(out_ch, num_groups, use_scale=False, use_bias=False,
+                                      dtype=dtype, rngs=rngs)
         self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), kernel_init=_zeros, dtype=dtype, rngs=rngs)
         self.skip = (nnx.Conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs)
                      if in_ch != out_ch else None)
@@ -54,7 +54,7 @@ class ResBlock(nnx.Module):
     def __call__(self, x: Array, emb: Array, key: Array | None) -> Array:
         h = self.conv1(jax.nn.silu(self.norm1(x)))
         scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb)), 2, axis=-1)
-        h = jax.nn.silu(layers.modulate(self.norm2(h), shift, scale))
+        h = jax.nn.silu(self.norm2(h, mod_scale=scale, mod_shift=shift))
         h = self.conv2(layers.dropout(h, self.rate, key))
         return (x if self.skip is None else self.skip(x)) + h
 
@@ -69,7 +69,7 @@ class AttentionBlock(nnx.Module):
 
     def __init__(self, ch: int, *, num_heads: int, num_groups: int, dtype: Any, rngs: nnx.Rngs):
         self.num_heads = num_heads
-        self.norm = nnx.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
+        self.norm = layers.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
         self.qkv = nnx.Linear(ch, 3 * ch, dtype=dtype, rngs=rngs)
         self.proj = nnx.Linear(ch, ch, kernel_init=_zeros, dtype=dtype, rngs=rngs)
 
@@ -184,7 +184,7 @@ class UNet(nnx.Module):
                 res *= 2
         self.up = nnx.List(up)
 
-        self.norm_out = nnx.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
+        self.norm_out = layers.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
         self.conv_out = nnx.Conv(ch, channels, (3, 3), kernel_init=_zeros, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array, c_noise: Array, cond: Any = None,
