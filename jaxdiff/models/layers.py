@@ -76,14 +76,14 @@ def group_norm(x: Array, num_groups: int, epsilon: float, scale: Array | None = 
       y <- y * (1 + mod_scale_bc) + mod_shift_bc     (optional AdaGN / FiLM modulation, ADM Sec. 3)
 
     Laid out for speed: per-(example, channel) means of x and x^2 over the spatial axes (a
-    reduction that keeps the channel axis contiguous), averaged within each group; everything
-    else, the modulation included, is folded into per-(example, channel) coefficients a, b,
-    materialised (an optimization barrier) before the one elementwise pass y = x * a + b, which
-    XLA fuses with a following SiLU; without the barrier XLA fuses the (B, C) arithmetic into
-    that pass and redoes it, group indexing included, for every element.  Flax's
-    ``nnx.GroupNorm`` reshapes to (..., G, C / G) instead, which puts a length-C/G axis innermost
-    (2 for 64 channels in 32 groups) and ran 2-3x slower on CPU (docs/performance.md).  Statistics are float32 whatever x's dtype;
-    the variance is flax's default "fast variance", clipped at 0.
+    reduction that keeps the channel axis contiguous), averaged within each group; the per-group
+    1 / sigma and -mu / sigma go back to channels through a (G, C) one-hot matmul, so that the
+    one elementwise pass y = x * a + b (fused by XLA with the affine, the modulation and a
+    following SiLU) sees per-(example, channel) coefficients and no group index arithmetic
+    (with ``jnp.repeat`` XLA recomputed the group lookup for every element: ~4x slower pass).
+    Flax's ``nnx.GroupNorm`` reshapes x to (..., G, C / G) instead, which puts a length-C/G axis
+    innermost (2 for 64 channels in 32 groups).  Statistics are float32 whatever x's dtype; the
+    variance is flax's default "fast variance", clipped at 0.
 
     Args:
       x: (B, ..., C) with C divisible by num_groups; at least one axis between B and C.
@@ -106,10 +106,13 @@ def group_norm(x: Array, num_groups: int, epsilon: float, scale: Array | None = 
     mean = mean_c.reshape(b, num_groups, size).mean(-1)      # (B, G)
     meansq = meansq_c.reshape(b, num_groups, size).mean(-1)  # (B, G)
     inv = lax.rsqrt(jnp.maximum(meansq - jnp.square(mean), 0.0) + epsilon)
-    a = jnp.repeat(inv, size, axis=1)                  # (B, C)
+    members = jnp.repeat(jnp.eye(num_groups, dtype=jnp.float32), size, axis=1)  # (G, C) one-hot
+    exact = lax.Precision.HIGHEST  # a one-hot product: exact, no bf16 / TF32 passes on TPU / GPU
+    a = jnp.dot(inv, members, precision=exact)                  # (B, C)
+    shift = jnp.dot(-mean * inv, members, precision=exact)      # (B, C)
     if scale is not None:
         a = a * scale.astype(jnp.float32)
-    shift = -jnp.repeat(mean, size, axis=1) * a
+        shift = shift * scale.astype(jnp.float32)
     if bias is not None:
         shift = shift + bias.astype(jnp.float32)
     if mod_scale is not None:
@@ -117,7 +120,6 @@ def group_norm(x: Array, num_groups: int, epsilon: float, scale: Array | None = 
         a, shift = a * factor, shift * factor
     if mod_shift is not None:
         shift = shift + mod_shift.astype(jnp.float32)
-    a, shift = lax.optimization_barrier((a, shift))
     expand = (b,) + (1,) * (x.ndim - 2) + (c,)
     return (xf * a.reshape(expand) + shift.reshape(expand)).astype(x.dtype)
 
