@@ -110,13 +110,13 @@ def jax_worker(args) -> dict:
                 dtype=dtype, shape=list(shape), xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
-def worker_cmd(args, side: str) -> list[str]:
+def worker_cmd(args, variant: str) -> list[str]:
     common = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch),
               "--samplers", args.samplers]
-    if side == "torch":
+    if variant == "torch":
         return [T.torch_python(args.torch_python), os.path.join(TT.REPO, "bench", "torch_unet.py"),
                 "sample", *common]
-    return [sys.executable, os.path.abspath(__file__), "--worker", *common,
+    return [sys.executable, T.worker_script(args, variant, __file__), "--worker", *common,
             "--num-heads", str(args.num_heads), "--model", args.model,
             *(["--dtype", args.dtype] if args.dtype else [])]
 
@@ -126,8 +126,8 @@ def run_all(args, variants):
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else list(reversed(variants))
         for v in order:
-            env = {} if v == "torch" else TT.JAX_VARIANTS[v]
-            res = T.run_worker(worker_cmd(args, "torch" if v == "torch" else "jax"), env=env,
+            env = {} if v == "torch" else TT.JAX_VARIANTS["default" if v == "baseline" else v]
+            res = T.run_worker(worker_cmd(args, v), env=env,
                                label=f"sample:{v}")
             res["load_after"] = T.load_average()
             results[v].append(res)
@@ -180,7 +180,7 @@ def render(args, results, meta) -> str:
             med = statistics.median(x["median_s"] for x in runs)
             comp = "-" if v == "torch" else " / ".join(f"{x['compile_s_est']:.1f}" for x in runs)
             ratio = f"{torch_med / med:.2f}x" if torch_med else "-"
-            label = VARIANT_LABELS[v]
+            label = T.variant_label(VARIANT_LABELS, args, v)
             if v == "torch":
                 label += " (DDIMScheduler)" if name == "ddim" else " (HeunDiscreteScheduler)"
             lines.append(
@@ -230,7 +230,8 @@ def main(argv=None) -> None:
         p.error(f"--model {args.model}: there is no matched PyTorch network; pass JAX "
                 "--variants only (e.g. --variants default)")
     wait = T.wait_for_load(args.wait_load, args.wait_timeout)
-    results = run_all(args, variants)
+    with T.baseline_checkout(TT.REPO, args.baseline) as (args.baseline_path, args.baseline_short):
+        results = run_all(args, T.with_baseline(variants, args.baseline))
     torch_res = results["torch"][0] if "torch" in results else {}
     meta = dict(command="python " + " ".join(
         [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),

@@ -20,12 +20,15 @@ two differ.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 DEFAULT_VENV = "/tmp/jaxdiff-bench-venv"
@@ -52,7 +55,54 @@ def add_runner_args(p) -> None:
                    help="wait until the 1-min load average is below this (0: do not wait)")
     p.add_argument("--wait-timeout", type=float, default=1500.0)
     p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--baseline", default=None, metavar="REV",
+                   help="also time jaxdiff as of git revision REV (checked out in a temporary "
+                        "git worktree, its own bench worker) as the variant 'baseline': the "
+                        "before/after of a change, measured in the same run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+@contextlib.contextmanager
+def baseline_checkout(repo: str, rev: str | None):
+    """Yields (path, short hash) of a temporary detached git worktree of ``repo`` at ``rev``
+    (None: yields (None, None)); the worktree is removed afterwards."""
+    if rev is None:
+        yield None, None
+        return
+    short = subprocess.run(["git", "-C", repo, "rev-parse", "--short", rev], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    path = os.path.join(tempfile.mkdtemp(prefix="jaxdiff-baseline-"), "repo")
+    subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", path, rev], check=True,
+                   capture_output=True)
+    try:
+        yield path, short
+    finally:
+        subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", path],
+                       capture_output=True)
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def with_baseline(variants: list[str], rev: str | None) -> list[str]:
+    """``variants`` with 'baseline' right after 'default' (first if absent) when rev is set."""
+    if rev is None:
+        return variants
+    at = variants.index("default") + 1 if "default" in variants else 0
+    return [*variants[:at], "baseline", *variants[at:]]
+
+
+def variant_label(labels: dict, args, variant: str) -> str:
+    """The table label of a variant; 'baseline' names the revision it ran."""
+    if variant == "baseline":
+        return f"JAX, jaxdiff at `{args.baseline_short}` (`--baseline {args.baseline}`)"
+    return labels[variant]
+
+
+def worker_script(args, variant: str, script: str) -> str:
+    """The bench script a JAX variant runs: this checkout's, or the baseline worktree's."""
+    if variant == "baseline":
+        return os.path.join(args.baseline_path, "bench", os.path.basename(script))
+    return os.path.abspath(script)
+
 
 def torch_python(flag_value: str | None) -> str:
     """The venv python for the PyTorch side: flag, then $JAXDIFF_BENCH_TORCH_PYTHON, then default."""

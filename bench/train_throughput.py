@@ -221,12 +221,12 @@ def versions() -> dict:
     return v
 
 
-def worker_cmd(args, side: str) -> list[str]:
+def worker_cmd(args, variant: str) -> list[str]:
     common = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch)]
-    if side == "torch":
+    if variant == "torch":
         return [T.torch_python(args.torch_python), os.path.join(REPO, "bench", "torch_unet.py"),
                 "train", *common]
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *common,
+    cmd = [sys.executable, T.worker_script(args, variant, __file__), "--worker", *common,
            "--num-heads", str(args.num_heads), "--model", args.model]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
@@ -239,9 +239,8 @@ def run_all(args, variants: list[str], cmd_fn, label: str) -> dict[str, list[dic
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else list(reversed(variants))
         for v in order:
-            env = {} if v == "torch" else JAX_VARIANTS[v]
-            side = "torch" if v == "torch" else "jax"
-            res = T.run_worker(cmd_fn(args, side), env=env, label=f"{label}:{v}")
+            env = {} if v == "torch" else JAX_VARIANTS["default" if v == "baseline" else v]
+            res = T.run_worker(cmd_fn(args, v), env=env, label=f"{label}:{v}")
             res["load_after"] = T.load_average()
             results[v].append(res)
             print(f"[{label}] round {r + 1} {v:9s} median {res['median_s']:.3f} s  "
@@ -264,7 +263,7 @@ def render(args, results, meta) -> str:
             f"{r['trace_s'] + r['compile_s']:.1f}" for r in rs))
         rss = max(r["peak_rss_mib"] for r in rs)
         ratio = f"{torch_med / med:.2f}x" if torch_med else "-"
-        rows.append(f"| {VARIANT_LABELS[v]} | {rs[0]['params']:,} | {comp} | {rounds} | "
+        rows.append(f"| {T.variant_label(VARIANT_LABELS, args, v)} | {rs[0]['params']:,} | {comp} | {rounds} | "
                     f"{args.batch / med:.1f} | {rss:.0f} | {ratio} |")
     jax_any = next(r[0] for v, r in results.items() if v != "torch")
     torch_any = results["torch"][0] if "torch" in results else {}
@@ -338,7 +337,8 @@ def main(argv=None) -> None:
         p.error(f"--model {args.model}: there is no matched PyTorch network; pass JAX "
                 "--variants only (e.g. --variants default)")
     wait = T.wait_for_load(args.wait_load, args.wait_timeout)
-    results = run_all(args, variants, worker_cmd, "train")
+    with T.baseline_checkout(REPO, args.baseline) as (args.baseline_path, args.baseline_short):
+        results = run_all(args, T.with_baseline(variants, args.baseline), worker_cmd, "train")
     meta = dict(command="python " + " ".join(
         [os.path.relpath(os.path.abspath(__file__), REPO)] + (argv or sys.argv[1:])),
         date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
