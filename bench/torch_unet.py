@@ -8,6 +8,7 @@ is run by that environment's python as a worker:
 
   python bench/torch_unet.py train  --iters 5 --warmup 2
   python bench/torch_unet.py sample --iters 5 --warmup 1 --samplers ddim:50,heun:18
+  python bench/torch_unet.py conv   --iters 10 --warmup 2 --shapes '[[32, 32, 32, 64, 64, 3, 1]]'
 
 and prints one line ``RESULT {json}``.  Importing it from the main python (as the JAX scripts do)
 needs only the standard library: torch is imported inside the worker functions.
@@ -318,15 +319,47 @@ def sample_worker(args, sampler: str, steps: int) -> dict:
                 first_s=first, batch=b, **summarize(times))
 
 
+def conv_worker(args) -> dict:
+    """Forward time of each convolution in ``args.shapes`` (JSON list of [B, H, W, Cin, Cout, k,
+    stride], 'SAME' padding) with torch's conv2d in NCHW and channels_last memory formats."""
+    import torch
+
+    out = []
+    for b, h, w, cin, cout, k, stride in json.loads(args.shapes):
+        x = torch.randn(b, cin, h, w)
+        weight, bias = torch.randn(cout, cin, k, k), torch.randn(cout)
+        row = {}
+        for fmt, mf in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            xf, wf = x.contiguous(memory_format=mf), weight.contiguous(memory_format=mf)
+            with torch.inference_mode():
+                def call():
+                    return torch.nn.functional.conv2d(xf, wf, bias, stride=stride, padding=k // 2)
+                for _ in range(args.warmup):
+                    call()
+                times = []
+                for _ in range(args.iters):
+                    t0 = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - t0)
+            row[fmt] = statistics.median(times)
+        out.append(row)
+    return dict(side="torch", convs=out, **_versions())
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("train", "sample", "params"))
+    p.add_argument("mode", choices=("train", "sample", "params", "conv"))
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--samplers", default="ddim:50,heun:18",
                    help="comma-separated name:steps, name in {ddim, heun}")
+    p.add_argument("--shapes", default="[]", help="conv mode: JSON list of "
+                   "[B, H, W, Cin, Cout, k, stride]")
     args = p.parse_args(argv)
+    if args.mode == "conv":
+        emit(conv_worker(args))
+        return
     if args.mode == "params":
         net = build_unet()
         emit(dict(side="torch", params=sum(q.numel() for q in net.parameters()), **_versions()))
