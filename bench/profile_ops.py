@@ -133,13 +133,7 @@ def jax_worker(args) -> dict:
 
     out = {}
     for name, fn in (("forward", fwd), ("train_step", train)):
-        for _ in range(2):
-            fn()
-        times = []
-        for _ in range(args.calls):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        times = T.time_calls(fn, args.calls, warmup=2)
         prof = profile_calls(fn, args.calls)
         prof["untraced_wall_s"] = statistics.median(times)
         out[name] = prof
@@ -151,13 +145,8 @@ def jax_worker(args) -> dict:
         bs = jnp.asarray(rng.normal(size=(cout,)), jnp.float32)
         conv = jax.jit(lambda x, w, bias, s=stride: lax.conv_general_dilated(
             x, w, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias)
-        for _ in range(2):
-            conv(xs, ws, bs).block_until_ready()
-        times = []
-        for _ in range(args.conv_iters):
-            t0 = time.perf_counter()
-            conv(xs, ws, bs).block_until_ready()
-            times.append(time.perf_counter() - t0)
+        times = T.time_calls(lambda: conv(xs, ws, bs).block_until_ready(), args.conv_iters,
+                             warmup=2)
         conv_rows.append(dict(shape=[bb, h, w, cin, cout, k, stride], count=n,
                               jax_s=statistics.median(times)))
     return dict(side="jax", profile=out, convs=conv_rows, xla_flags=os.environ.get("XLA_FLAGS", ""),
@@ -242,12 +231,9 @@ def main(argv=None) -> None:
     p.add_argument("--calls", type=int, default=3, help="traced (and untraced) calls per program")
     p.add_argument("--conv-iters", type=int, default=10)
     T.add_runner_args(p)
-    args = p.parse_args(argv)
-    if args.worker:
-        T.emit(jax_worker(args))
+    args = T.parse_runner(p, argv, jax_worker)
+    if args is None:
         return
-    if args.setup_venv:
-        T.setup_venv(T.torch_python(args.torch_python))
     wait = T.wait_for_load(args.wait_load, args.wait_timeout)
     jx = T.run_worker([sys.executable, os.path.abspath(__file__), "--worker", "--batch",
                        str(args.batch), "--calls", str(args.calls), "--conv-iters",

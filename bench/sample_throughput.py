@@ -219,12 +219,9 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default=None, help="compute dtype (default float32 on CPU, "
                    "bfloat16 on GPU)")
     T.add_runner_args(p)
-    args = p.parse_args(argv)
-    if args.worker:
-        T.emit(jax_worker(args))
+    args = T.parse_runner(p, argv, jax_worker)
+    if args is None:
         return
-    if args.setup_venv:
-        T.setup_venv(T.torch_python(args.torch_python))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.model != "default" and "torch" in variants:
         p.error(f"--model {args.model}: there is no matched PyTorch network; pass JAX "

@@ -105,6 +105,32 @@ def worker_script(args, variant: str, script: str) -> str:
     return os.path.abspath(script)
 
 
+def parse_runner(p, argv, jax_worker):
+    """Parses ``argv`` with parser ``p`` (which has ``add_runner_args``).  In worker mode runs
+    ``jax_worker(args)``, prints its RESULT line and returns None; otherwise creates the PyTorch
+    venv when ``--setup-venv`` asks and returns the args."""
+    args = p.parse_args(argv)
+    if args.worker:
+        emit(jax_worker(args))
+        return None
+    if args.setup_venv:
+        setup_venv(torch_python(args.torch_python))
+    return args
+
+
+def time_calls(fn, iters: int, warmup: int = 0) -> list[float]:
+    """Wall seconds of ``iters`` calls of ``fn`` (which must block until done) after ``warmup``
+    untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def torch_python(flag_value: str | None) -> str:
     """The venv python for the PyTorch side: flag, then $JAXDIFF_BENCH_TORCH_PYTHON, then default."""
     return (flag_value or os.environ.get("JAXDIFF_BENCH_TORCH_PYTHON")
@@ -332,15 +358,8 @@ def conv_worker(args) -> dict:
         for fmt, mf in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
             xf, wf = x.contiguous(memory_format=mf), weight.contiguous(memory_format=mf)
             with torch.inference_mode():
-                def call():
-                    return torch.nn.functional.conv2d(xf, wf, bias, stride=stride, padding=k // 2)
-                for _ in range(args.warmup):
-                    call()
-                times = []
-                for _ in range(args.iters):
-                    t0 = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - t0)
+                times = time_calls(lambda: torch.nn.functional.conv2d(
+                    xf, wf, bias, stride=stride, padding=k // 2), args.iters, args.warmup)
             row[fmt] = statistics.median(times)
         out.append(row)
     return dict(side="torch", convs=out, **_versions())

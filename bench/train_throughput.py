@@ -326,12 +326,9 @@ def main(argv=None) -> None:
                    help="the default U-Net (compared with PyTorch) or a full-scale config's "
                    "network (JAX variants only; for GPU / TPU MFU)")
     T.add_runner_args(p)
-    args = p.parse_args(argv)
-    if args.worker:
-        T.emit(jax_worker(args))
+    args = T.parse_runner(p, argv, jax_worker)
+    if args is None:
         return
-    if args.setup_venv:
-        T.setup_venv(T.torch_python(args.torch_python))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.model != "default" and "torch" in variants:
         p.error(f"--model {args.model}: there is no matched PyTorch network; pass JAX "
