@@ -237,7 +237,7 @@ def main(argv=None) -> None:
     wait = T.wait_for_load(args.wait_load, args.wait_timeout)
     jx = T.run_worker([sys.executable, os.path.abspath(__file__), "--worker", "--batch",
                        str(args.batch), "--calls", str(args.calls), "--conv-iters",
-                       str(args.conv_iters)], env=TT.JAX_VARIANTS["default"], label="profile")
+                       str(args.conv_iters)], env=TT.variant_env("default"), label="profile")
     shapes = json.dumps([r["shape"] for r in jx["convs"]])
     tc = T.run_worker([T.torch_python(args.torch_python),
                        os.path.join(TT.REPO, "bench", "torch_unet.py"), "conv", "--iters",

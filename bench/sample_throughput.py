@@ -126,9 +126,7 @@ def run_all(args, variants):
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else list(reversed(variants))
         for v in order:
-            env = {} if v == "torch" else TT.JAX_VARIANTS["default" if v == "baseline" else v]
-            res = T.run_worker(worker_cmd(args, v), env=env,
-                               label=f"sample:{v}")
+            res = T.run_worker(worker_cmd(args, v), env=TT.variant_env(v), label=f"sample:{v}")
             res["load_after"] = T.load_average()
             results[v].append(res)
             for name, run in res["runs"].items():

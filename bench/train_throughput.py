@@ -221,6 +221,13 @@ def versions() -> dict:
     return v
 
 
+def variant_env(variant: str) -> dict:
+    """Environment changes of a variant's worker ('baseline' runs with the default flags)."""
+    if variant == "torch":
+        return {}
+    return JAX_VARIANTS["default" if variant == "baseline" else variant]
+
+
 def worker_cmd(args, variant: str) -> list[str]:
     common = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch)]
     if variant == "torch":
@@ -239,8 +246,7 @@ def run_all(args, variants: list[str], cmd_fn, label: str) -> dict[str, list[dic
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else list(reversed(variants))
         for v in order:
-            env = {} if v == "torch" else JAX_VARIANTS["default" if v == "baseline" else v]
-            res = T.run_worker(cmd_fn(args, v), env=env, label=f"{label}:{v}")
+            res = T.run_worker(cmd_fn(args, v), env=variant_env(v), label=f"{label}:{v}")
             res["load_after"] = T.load_average()
             results[v].append(res)
             print(f"[{label}] round {r + 1} {v:9s} median {res['median_s']:.3f} s  "
