@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks of issue #5 as one prepared run, for a session that is lent a GPU machine.
 #
-#   bash bench/gpu_session.sh bench   # ~8 min on an H200: MFU / images/s tables (the issue's numbers)
+#   bash bench/gpu_session.sh bench   # ~8 min on an H200: MFU / images/s tables (the issue's
+#                                     # numbers) and the training loop's overhead
 #   bash bench/gpu_session.sh smoke   # ~4 min: numerics tests on the GPU + a short main job
 #   bash bench/gpu_session.sh --cpu-smoke bench smoke   # here, on CPU: every step at toy sizes
 #
 # On the device: carry .whl (made by bench/device_wheels.sh) and run from the repository root,
 # e.g. run(command="bash bench/gpu_session.sh bench", carry=[".whl"], timeout_s=590).  Each step
-# has its own time limit, so one slow step cannot eat the others' time.  Results land in $OUT
+# has its own time limit, so one slow step cannot eat the others' time (the limits of `bench` add
+# up to more than one call's 600 s: they are ceilings; the last, least needed step may be cut).  Results land in $OUT
 # (the device tool's output folder; a temporary folder elsewhere): performance.md (a copy of
 # docs/performance.md with the GPU sections replaced: copy it over docs/performance.md, or take
 # its sections), gpu_session.log, and the main job's summary and sample grid.
@@ -39,18 +41,20 @@ step() {  # step NAME LIMIT_S COMMAND...: runs it with a time limit, log and rc 
     cat "$OUT/step.out" >>"$LOG"
     tail -n 25 "$OUT/step.out"
     rm -f "$OUT/step.out"
+    cp docs/performance.md "$OUT/performance.md"  # after every step: the call may hit its limit
     echo "=== $name: rc $rc after $(( $(date +%s) - start )) s" | tee -a "$LOG"
 }
 
 # Sizes: the documented accelerator runs, or toy sizes that only exercise the same code on CPU.
 if [ $CPU_SMOKE = 1 ]; then
     B_UNET=2; B_DIT=2; B_EDM=2; HEUN=heun:2; DDIM=ddim:2; REPS=(--rounds 1 --iters 1 --warmup 1)
-    WRITE=(--no-write); TESTS=(tests/test_guidance.py::test_cfg_per_example_scale_and_interval)
+    WRITE=(--no-write); LOOP=(--steps 8 --skip 2)
+    TESTS=(tests/test_guidance.py::test_cfg_per_example_scale_and_interval)
     MAIN=(--config.train.num_steps=3 --config.sample.num_samples=4 --config.sample.shard_size=4
           --config.sample.steps=2 --config.sample.grid_per_class=1)
 else
     B_UNET=128; B_DIT=256; B_EDM=256; HEUN=heun:18; DDIM=ddim:50
-    REPS=(--rounds 1 --iters 10 --warmup 2); WRITE=(); MAIN=(--config.train.num_steps=1000)
+    REPS=(--rounds 1 --iters 10 --warmup 2); WRITE=(); LOOP=(); MAIN=(--config.train.num_steps=1000)
     TESTS=(tests/test_samplers.py tests/test_guidance.py tests/test_losses.py tests/test_models.py)
 fi
 SREPS=("${REPS[@]}")
@@ -72,7 +76,8 @@ for part in "${PARTS[@]}"; do
             --variants default "${WRITE[@]}" "${REPS[@]}" --batch "$B_DIT"
         step sample-cifar10-edm 100 "$PY" bench/sample_throughput.py --model cifar10_edm \
             --variants default "${WRITE[@]}" "${SREPS[@]}" --batch "$B_EDM" --samplers "$HEUN"
-        cp docs/performance.md "$OUT/performance.md"
+        step train-loop-overhead 150 "$PY" bench/train_loop_overhead.py --rounds 1 \
+            "${WRITE[@]}" "${LOOP[@]}"
         ;;
     smoke)
         # the numerics tests on the accelerator (TF32 / bf16 defaults would show here first)
