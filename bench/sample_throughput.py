@@ -237,8 +237,8 @@ def main(argv=None) -> None:
     text = render(args, results, meta)
     print(text)
     if not args.no_write:
-        section = "sampling" if args.model == "default" else f"sampling-{args.model}"
-        T.replace_section(TT.DOC, section, text, TT.DOC_HEADER)
+        T.replace_section(TT.DOC, TT.doc_section("sampling", args.model, results), text,
+                          TT.DOC_HEADER)
         print(f"wrote {TT.DOC}")
 
 

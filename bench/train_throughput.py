@@ -255,6 +255,15 @@ def run_all(args, variants: list[str], cmd_fn, label: str) -> dict[str, list[dic
     return results
 
 
+def doc_section(kind: str, model: str, results: dict[str, list[dict]]) -> str:
+    """The docs/performance.md section of a run: ``kind`` ('training' / 'sampling'), then the
+    model when not the default U-Net, then the JAX backend when not the CPU (a GPU run must not
+    replace the CPU comparison tables), e.g. 'training', 'training-cifar10_unet-gpu'."""
+    backend = next((r[0].get("backend") for v, r in results.items() if v != "torch"), "cpu")
+    return "-".join([kind] + ([model] if model != "default" else [])
+                    + ([backend] if backend != "cpu" else []))
+
+
 def render(args, results, meta) -> str:
     torch_med = (statistics.median([r["median_s"] for r in results["torch"]])
                  if "torch" in results else None)
@@ -350,8 +359,7 @@ def main(argv=None) -> None:
     text = render(args, results, meta)
     print(text)
     if not args.no_write:
-        section = "training" if args.model == "default" else f"training-{args.model}"
-        T.replace_section(DOC, section, text, DOC_HEADER)
+        T.replace_section(DOC, doc_section("training", args.model, results), text, DOC_HEADER)
         print(f"wrote {DOC}")
 
 
