@@ -121,22 +121,17 @@ def worker_cmd(args, variant: str) -> list[str]:
             *(["--dtype", args.dtype] if args.dtype else [])]
 
 
-def run_all(args, variants):
-    results = {v: [] for v in variants}
-    for r in range(args.rounds):
-        order = variants if r % 2 == 0 else list(reversed(variants))
-        for v in order:
-            res = T.run_worker(worker_cmd(args, v), env=TT.variant_env(v), label=f"sample:{v}")
-            res["load_after"] = T.load_average()
-            results[v].append(res)
-            for name, run in res["runs"].items():
-                extra = ("" if v == "torch" else
-                         f"  recompiles after first call: {run['recompiles_after_first']}")
-                print(f"[sample] round {r + 1} {v:8s} {name}: median {run['median_s']:.3f} s "
-                      f"({args.batch / run['median_s']:.2f} images/s), first "
-                      f"{run['first_s']:.2f} s{extra}; peak RSS {res['peak_rss_mib']:.0f} MiB; "
-                      f"load {res['load_after']:.2f}", flush=True)
-    return results
+def report_calls(args):
+    """TT.run_all's progress line for sampling workers: one per sampler."""
+    def report(r: int, v: str, res: dict) -> None:
+        for name, run in res["runs"].items():
+            extra = ("" if v == "torch" else
+                     f"  recompiles after first call: {run['recompiles_after_first']}")
+            print(f"[sample] round {r + 1} {v:8s} {name}: median {run['median_s']:.3f} s "
+                  f"({args.batch / run['median_s']:.2f} images/s), first "
+                  f"{run['first_s']:.2f} s{extra}; peak RSS {res['peak_rss_mib']:.0f} MiB; "
+                  f"load {res['load_after']:.2f}", flush=True)
+    return report
 
 
 def render(args, results, meta) -> str:
@@ -226,7 +221,8 @@ def main(argv=None) -> None:
                 "--variants only (e.g. --variants default)")
     wait = T.wait_for_load(args.wait_load, args.wait_timeout)
     with T.baseline_checkout(TT.REPO, args.baseline) as (args.baseline_path, args.baseline_short):
-        results = run_all(args, T.with_baseline(variants, args.baseline))
+        results = TT.run_all(args, T.with_baseline(variants, args.baseline), worker_cmd,
+                             "sample", report_calls(args))
     torch_res = results["torch"][0] if "torch" in results else {}
     meta = dict(command="python " + " ".join(
         [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),

@@ -240,8 +240,11 @@ def worker_cmd(args, variant: str) -> list[str]:
     return cmd
 
 
-def run_all(args, variants: list[str], cmd_fn, label: str) -> dict[str, list[dict]]:
-    """Alternating rounds: round r runs the variants in order (r even) or reversed (r odd)."""
+def run_all(args, variants: list[str], cmd_fn, label: str, report) -> dict[str, list[dict]]:
+    """Alternating rounds: round r runs the variants in order (r even) or reversed (r odd).
+
+    Each variant's worker runs ``cmd_fn(args, variant)`` in ``variant_env(variant)``;
+    ``report(round, variant, result)`` prints its progress line."""
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else list(reversed(variants))
@@ -249,10 +252,17 @@ def run_all(args, variants: list[str], cmd_fn, label: str) -> dict[str, list[dic
             res = T.run_worker(cmd_fn(args, v), env=variant_env(v), label=f"{label}:{v}")
             res["load_after"] = T.load_average()
             results[v].append(res)
-            print(f"[{label}] round {r + 1} {v:9s} median {res['median_s']:.3f} s  "
-                  f"({args.batch / res['median_s']:.1f} images/s)  peak RSS "
-                  f"{res['peak_rss_mib']:.0f} MiB  load {res['load_after']:.2f}", flush=True)
+            report(r, v, res)
     return results
+
+
+def report_step(args):
+    """run_all's progress line for train-step workers."""
+    def report(r: int, v: str, res: dict) -> None:
+        print(f"[train] round {r + 1} {v:9s} median {res['median_s']:.3f} s  "
+              f"({args.batch / res['median_s']:.1f} images/s)  peak RSS "
+              f"{res['peak_rss_mib']:.0f} MiB  load {res['load_after']:.2f}", flush=True)
+    return report
 
 
 def doc_section(kind: str, model: str, results: dict[str, list[dict]]) -> str:
@@ -350,7 +360,8 @@ def main(argv=None) -> None:
                 "--variants only (e.g. --variants default)")
     wait = T.wait_for_load(args.wait_load, args.wait_timeout)
     with T.baseline_checkout(REPO, args.baseline) as (args.baseline_path, args.baseline_short):
-        results = run_all(args, T.with_baseline(variants, args.baseline), worker_cmd, "train")
+        results = run_all(args, T.with_baseline(variants, args.baseline), worker_cmd, "train",
+                          report_step(args))
     meta = dict(command="python " + " ".join(
         [os.path.relpath(os.path.abspath(__file__), REPO)] + (argv or sys.argv[1:])),
         date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
