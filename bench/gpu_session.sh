@@ -8,11 +8,12 @@
 #
 # On the device: carry .whl (made by bench/device_wheels.sh) and run from the repository root,
 # e.g. run(command="bash bench/gpu_session.sh bench", carry=[".whl"], timeout_s=590).  Each step
-# has its own time limit, so one slow step cannot eat the others' time (the limits of `bench` add
-# up to more than one call's 600 s: they are ceilings; the last, least needed step may be cut).  Results land in $OUT
-# (the device tool's output folder; a temporary folder elsewhere): performance.md (a copy of
-# docs/performance.md with the GPU sections replaced: copy it over docs/performance.md, or take
-# its sections), gpu_session.log, and the main job's summary and sample grid.
+# has its own time limit, so one slow step cannot eat the others' time (the limits of `bench`
+# add up to more than one call's 600 s: they are ceilings, and the last, least needed step may
+# be cut).  Results land in $OUT (the device tool's output folder; a temporary folder
+# elsewhere): performance.md (a copy of docs/performance.md with the GPU sections replaced: copy
+# it over docs/performance.md, or take its sections), gpu_session.log, and the main job's
+# summary and sample grid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CPU_SMOKE=0 LIMIT_SCALE=1  # on CPU the full-scale networks compile for minutes: limits x 5

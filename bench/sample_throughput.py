@@ -233,8 +233,8 @@ def main(argv=None) -> None:
     text = render(args, results, meta)
     print(text)
     if not args.no_write:
-        T.replace_section(TT.DOC, TT.doc_section("sampling", args.model, results), text,
-                          TT.DOC_HEADER)
+        section = TT.doc_section("sampling", args.model, TT.results_backend(results))
+        T.replace_section(TT.DOC, section, text, TT.DOC_HEADER)
         print(f"wrote {TT.DOC}")
 
 

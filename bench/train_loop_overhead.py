@@ -42,7 +42,8 @@ CONFIGS = ("digits", "mnist5k")
 
 
 def config_for(name: str, steps: int):
-    """configs/NAME.py for ``steps`` steps: its own logging interval, no checkpoint, no grid."""
+    """configs/NAME.py for ``steps`` steps: its own logging interval, no periodic checkpoint or
+    preview grid (``train.train`` still writes both once, after the last step)."""
     return load_config_file(os.path.join(TT.REPO, "configs", f"{name}.py"),
                             {"train.num_steps": steps, "train.checkpoint_every": 0,
                              "train.sample_every": 0, "train.progress_bar": False,
@@ -119,8 +120,8 @@ def render(rows: list[dict], meta: dict) -> str:
              f"{jax.default_backend()} ({dev.device_kind}, {jax.device_count()} device(s)).  "
              f"Versions: jax {jax.__version__}.", "",
              "`loop`: `jaxdiff.train.train` as the main job runs it (host batch, transfer, "
-             "dispatch, its logging at the config's `log_every`; no checkpoints, no preview "
-             "grid), steady state after the first "
+             "dispatch, its logging at the config's `log_every`; its checkpoint and preview "
+             "grid come after the timed steps), steady state after the first "
              f"{meta['skip']} steps.  `compiled`: the same compiled step back to back on one "
              "device batch: the floor that several steps per jit call could reach.  `host`: "
              "the loop's batch work alone (`load_batch` + `parallel.global_batch`, median of "
@@ -129,10 +130,12 @@ def render(rows: list[dict], meta: dict) -> str:
              "| config | batch | steps timed | loop ms/step per round | compiled ms/step per "
              "round | host ms/step | loop / compiled - 1 (medians) |",
              "|---|---|---|---|---|---|---|"]
+    def per_round(seconds):
+        return " / ".join(f"{1e3 * x:.1f}" for x in seconds)
+
     for r in rows:
-        per = lambda xs: " / ".join(f"{1e3 * x:.1f}" for x in xs)  # noqa: E731
-        lines.append(f"| {r['config']} | {r['batch']} | {r['timed']} | {per(r['loops'])} | "
-                     f"{per(r['compileds'])} | {1e3 * r['host']:.2f} | "
+        lines.append(f"| {r['config']} | {r['batch']} | {r['timed']} | {per_round(r['loops'])} | "
+                     f"{per_round(r['compileds'])} | {1e3 * r['host']:.2f} | "
                      f"{100 * (r['loop'] / r['compiled'] - 1):+.1f}% |")
     return "\n".join(lines)
 
@@ -173,8 +176,7 @@ def main(argv=None) -> None:
     text = render(rows, meta)
     print(text)
     if not args.no_write:
-        backend = jax.default_backend()  # a GPU run keeps the CPU table
-        section = "loop-overhead" + ("" if backend == "cpu" else f"-{backend}")
+        section = TT.doc_section("loop-overhead", "default", jax.default_backend())
         T.replace_section(TT.DOC, section, text, TT.DOC_HEADER)
         print(f"wrote {TT.DOC}")
 

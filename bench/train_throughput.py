@@ -265,11 +265,15 @@ def report_step(args):
     return report
 
 
-def doc_section(kind: str, model: str, results: dict[str, list[dict]]) -> str:
-    """The docs/performance.md section of a run: ``kind`` ('training' / 'sampling'), then the
-    model when not the default U-Net, then the JAX backend when not the CPU (a GPU run must not
-    replace the CPU comparison tables), e.g. 'training', 'training-cifar10_unet-gpu'."""
-    backend = next((r[0].get("backend") for v, r in results.items() if v != "torch"), "cpu")
+def results_backend(results: dict[str, list[dict]]) -> str:
+    """The JAX backend the workers of a run reported ('cpu' when only PyTorch ran)."""
+    return next((r[0].get("backend") for v, r in results.items() if v != "torch"), "cpu")
+
+
+def doc_section(kind: str, model: str, backend: str) -> str:
+    """The docs/performance.md section of a run: ``kind`` ('training', 'sampling', ...), then
+    the model when not the default U-Net, then the JAX backend when not the CPU (a GPU run must
+    not replace the CPU comparison tables), e.g. 'training', 'training-cifar10_unet-gpu'."""
     return "-".join([kind] + ([model] if model != "default" else [])
                     + ([backend] if backend != "cpu" else []))
 
@@ -370,7 +374,8 @@ def main(argv=None) -> None:
     text = render(args, results, meta)
     print(text)
     if not args.no_write:
-        T.replace_section(DOC, doc_section("training", args.model, results), text, DOC_HEADER)
+        T.replace_section(DOC, doc_section("training", args.model, results_backend(results)),
+                          text, DOC_HEADER)
         print(f"wrote {DOC}")
 
 
