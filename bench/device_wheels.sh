@@ -5,9 +5,9 @@
 # python3 is CPython 3.12 with jax (CUDA), flax, optax, orbax-checkpoint, chex, numpy, scipy,
 # matplotlib, pillow, tqdm, scikit-learn and absl-py already installed; what jaxdiff imports on
 # top of those travels as wheels, installed there with --no-deps by bench/gpu_session.sh.
-# The list was found by importing jaxdiff and running bench/gpu_session.sh --smoke in a
+# The list was found by importing jaxdiff and running bench/gpu_session.sh --cpu-smoke in a
 # Python 3.12 venv holding only the image's packages.  Run from the repository root; .whl/ is
-# git-ignored through .git/info/exclude (about 5 MiB).
+# git-ignored through .git/info/exclude (about 6 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
