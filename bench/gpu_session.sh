@@ -49,17 +49,17 @@ step() {  # step NAME LIMIT_S COMMAND...: runs it with a time limit, log and rc 
 # Sizes: the documented accelerator runs, or toy sizes that only exercise the same code on CPU.
 if [ $CPU_SMOKE = 1 ]; then
     B_UNET=2; B_DIT=2; B_EDM=2; HEUN=heun:2; DDIM=ddim:2; REPS=(--rounds 1 --iters 1 --warmup 1)
+    SREPS=("${REPS[@]}")
     WRITE=(--no-write); LOOP=(--steps 8 --skip 2)
     TESTS=(tests/test_guidance.py::test_cfg_per_example_scale_and_interval)
     MAIN=(--config.train.num_steps=3 --config.sample.num_samples=4 --config.sample.shard_size=4
           --config.sample.steps=2 --config.sample.grid_per_class=1)
 else
     B_UNET=128; B_DIT=256; B_EDM=256; HEUN=heun:18; DDIM=ddim:50
-    REPS=(--rounds 1 --iters 10 --warmup 2); WRITE=(); LOOP=(); MAIN=(--config.train.num_steps=1000)
+    REPS=(--rounds 1 --iters 10 --warmup 2); SREPS=(--rounds 1 --iters 3 --warmup 1)
+    WRITE=(); LOOP=(); MAIN=(--config.train.num_steps=1000)
     TESTS=(tests/test_samplers.py tests/test_guidance.py tests/test_losses.py tests/test_models.py)
 fi
-SREPS=("${REPS[@]}")
-[ $CPU_SMOKE = 1 ] || SREPS=(--rounds 1 --iters 3 --warmup 1)
 
 step environment 60 bash -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax; \
 print(jax.__version__, flax.__version__, optax.__version__, jax.devices())'"
