@@ -11,11 +11,14 @@ overhead.
 
 Part 2, convolution kernels: every distinct convolution of the forward at batch 32 (shapes read
 from the jaxpr), timed alone: XLA's convolution + bias (jaxdiff's CPU flags) against
-``torch.nn.functional.conv2d`` with bias in NCHW and channels_last, same run, and summed with
-each shape's multiplicity into the forward's convolution time.
+``torch.nn.functional.conv2d`` with bias in NCHW and channels_last, and summed with each shape's
+multiplicity into the forward's convolution time; then the same for forward + backward, summed
+into a train step's convolution time: the ceiling of what oneDNN convolutions could save.  The
+JAX and PyTorch convolution workers run ``--rounds`` times in alternating order; each side keeps
+its faster round per shape.
 
   python bench/profile_ops.py              # writes docs/performance.md, section "profile"
-  python bench/profile_ops.py --no-write --calls 1
+  python bench/profile_ops.py --no-write --calls 1 --rounds 1
 """
 from __future__ import annotations
 
@@ -96,11 +99,17 @@ def conv_shapes(fn, *args) -> list[tuple[list[int], int]]:
 
 
 def jax_worker(args) -> dict:
+    """``--part profile``: the op profiles and the network's convolution shapes;
+    ``--part convs``: the timing of the convolutions in ``--shapes``."""
     import jaxdiff  # noqa: F401  (first: appends its XLA flag before the backend starts)
+
+    return (profile_worker if args.part == "profile" else conv_worker)(args)
+
+
+def profile_worker(args) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax import lax
 
     from jaxdiff import parallel
     from jaxdiff.train import build_setup, compile_train_step, place_state
@@ -137,20 +146,45 @@ def jax_worker(args) -> dict:
         prof = profile_calls(fn, args.calls)
         prof["untraced_wall_s"] = statistics.median(times)
         out[name] = prof
+    return dict(side="jax", profile=out, conv_shapes=convs,
+                xla_flags=os.environ.get("XLA_FLAGS", ""), **TT.versions())
 
-    conv_rows = []
-    for (bb, h, w, cin, cout, k, stride), n in convs:
+
+def conv_worker(args) -> dict:
+    """Per shape of ``args.shapes``: the forward (``jax_s``) and the forward + all-ones backward
+    to input, weight and bias (``jax_train_s``), XLA convolution + bias under jit."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for bb, h, w, cin, cout, k, stride in json.loads(args.shapes):
         xs = jnp.asarray(rng.normal(size=(bb, h, w, cin)), jnp.float32)
         ws = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
         bs = jnp.asarray(rng.normal(size=(cout,)), jnp.float32)
         conv = jax.jit(lambda x, w, bias, s=stride: lax.conv_general_dilated(
             x, w, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias)
+
+        @jax.jit
+        def train(x, w, bias, conv=conv):   # forward + all-ones backward, as the torch side
+            y, pullback = jax.vjp(conv, x, w, bias)
+            return y, pullback(jnp.ones_like(y))
+
         times = T.time_calls(lambda: conv(xs, ws, bs).block_until_ready(), args.conv_iters,
                              warmup=2)
-        conv_rows.append(dict(shape=[bb, h, w, cin, cout, k, stride], count=n,
-                              jax_s=statistics.median(times)))
-    return dict(side="jax", profile=out, convs=conv_rows, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                **TT.versions())
+        train_times = T.time_calls(lambda: jax.block_until_ready(train(xs, ws, bs)),
+                                   args.conv_iters, warmup=2)
+        rows.append(dict(jax_s=statistics.median(times),
+                         jax_train_s=statistics.median(train_times)))
+    return dict(side="jax", convs=rows)
+
+
+def fastest_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Per shape and timing key, the smallest of the rounds' medians."""
+    return [{key: min(r[i][key] for r in rounds) for key in rounds[0][i]}
+            for i in range(len(rounds[0]))]
 
 
 def conv_flops(shape) -> float:
@@ -200,8 +234,7 @@ def render(args, jx: dict, tc: dict, meta: dict) -> str:
             "| PyTorch NCHW ms | PyTorch channels_last ms | XLA GFLOP/s | best PyTorch GFLOP/s |",
             "|---|---|---|---|---|---|---|---|"]
     tot = collections.Counter()
-    for row, trow in zip(jx["convs"], tc["convs"]):
-        s, n = row["shape"], row["count"]
+    for (s, n), row, trow in zip(jx["conv_shapes"], jx["convs"], tc["convs"]):
         gf = conv_flops(s) / 1e9
         best = min(trow["nchw"], trow["channels_last"])
         tot["jax"] += n * row["jax_s"]
@@ -212,15 +245,40 @@ def render(args, jx: dict, tc: dict, meta: dict) -> str:
                     f"{gf:.2f} | {1e3 * row['jax_s']:.1f} | {1e3 * trow['nchw']:.1f} | "
                     f"{1e3 * trow['channels_last']:.1f} | {gf / row['jax_s']:.0f} | "
                     f"{gf / best:.0f} |")
+    train_rows = ["| conv (B, H, W, Cin -> Cout, k, stride) | in network | jaxdiff (XLA) ms "
+                  "| PyTorch NCHW ms | PyTorch channels_last ms | XLA / best PyTorch |",
+                  "|---|---|---|---|---|---|"]
+    for (s, n), row, trow in zip(jx["conv_shapes"], jx["convs"], tc["convs"]):
+        best = min(trow["nchw_train"], trow["channels_last_train"])
+        tot["jax_train"] += n * row["jax_train_s"]
+        tot["best_train"] += n * best
+        train_rows.append(f"| {s[0]}, {s[1]}, {s[2]}, {s[3]} -> {s[4]}, {s[5]}x{s[5]}, {s[6]} | "
+                          f"{n} | {1e3 * row['jax_train_s']:.1f} | "
+                          f"{1e3 * trow['nchw_train']:.1f} | "
+                          f"{1e3 * trow['channels_last_train']:.1f} | "
+                          f"{row['jax_train_s'] / best:.2f} |")
     fwd = jx["profile"]["forward"]["untraced_wall_s"]
+    step = jx["profile"]["train_step"]["untraced_wall_s"]
+    saved = tot["jax_train"] - tot["best_train"]
     lines += [
         "Convolution kernels: each distinct convolution of that forward timed alone (median of "
         f"{args.conv_iters}, bias included), XLA with jaxdiff's flags vs `torch.nn.functional."
-        "conv2d` (oneDNN), same run:", "", *rows, "",
+        f"conv2d` (oneDNN), same run: {args.rounds} rounds of a JAX and a PyTorch worker in "
+        "alternating order, the faster round's median per shape and side:", "", *rows, "",
         f"Summed with multiplicity, one forward's convolutions take {tot['jax']:.3f} s in XLA "
         f"against {tot['nchw']:.3f} s (NCHW) / {tot['cl']:.3f} s (channels_last) / "
         f"{tot['best']:.3f} s (best per shape) in PyTorch; the whole jaxdiff forward took "
         f"{fwd:.3f} s, so convolutions are {100 * tot['jax'] / fwd:.0f}% of it.", "",
+        "The same convolutions in training: forward plus the backward to input, weight and bias "
+        "for an all-ones output gradient (`jax.vjp` under one jit; `torch.autograd.grad`), "
+        "timed the same way:", "", *train_rows, "",
+        f"Summed with multiplicity: {tot['jax_train']:.3f} s per train step in XLA against "
+        f"{tot['best_train']:.3f} s with PyTorch's oneDNN kernels (best layout per shape).  "
+        f"That difference, {saved:.3f} s, is what routing every convolution to oneDNN (a "
+        f"oneDNN-enabled jaxlib or an FFI custom call) could save per step at most from the "
+        f"kernels alone: {step:.3f} -> {step - saved:.3f} s for the train step timed above.  "
+        "(The first convolution needs no input gradient in the train step; timed with one "
+        "here on both sides.)", "",
     ]
     return "\n".join(lines)
 
@@ -230,18 +288,32 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--calls", type=int, default=3, help="traced (and untraced) calls per program")
     p.add_argument("--conv-iters", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="convolution timing rounds (JAX and PyTorch workers alternating)")
+    p.add_argument("--part", choices=("profile", "convs"), default="profile",
+                   help="worker mode: which part to run")
+    p.add_argument("--shapes", default="[]", help="worker --part convs: JSON list of "
+                   "[B, H, W, Cin, Cout, k, stride]")
     T.add_runner_args(p)
     args = T.parse_runner(p, argv, jax_worker)
     if args is None:
         return
     wait = T.wait_for_load(args.wait_load, args.wait_timeout)
-    jx = T.run_worker([sys.executable, os.path.abspath(__file__), "--worker", "--batch",
-                       str(args.batch), "--calls", str(args.calls), "--conv-iters",
-                       str(args.conv_iters)], env=TT.variant_env("default"), label="profile")
-    shapes = json.dumps([r["shape"] for r in jx["convs"]])
-    tc = T.run_worker([T.torch_python(args.torch_python),
-                       os.path.join(TT.REPO, "bench", "torch_unet.py"), "conv", "--iters",
-                       str(args.conv_iters), "--warmup", "2", "--shapes", shapes], label="conv")
+    here = [sys.executable, os.path.abspath(__file__), "--worker", "--batch", str(args.batch)]
+    jx = T.run_worker(here + ["--part", "profile", "--calls", str(args.calls)],
+                      env=TT.variant_env("default"), label="profile")
+    shapes = json.dumps([s for s, _ in jx["conv_shapes"]])
+    jax_cmd = here + ["--part", "convs", "--conv-iters", str(args.conv_iters), "--shapes", shapes]
+    torch_cmd = [T.torch_python(args.torch_python), os.path.join(TT.REPO, "bench", "torch_unet.py"),
+                 "conv", "--iters", str(args.conv_iters), "--warmup", "2", "--shapes", shapes]
+    runs = {"jax": [], "torch": []}
+    for r in range(args.rounds):        # alternating order, so drift hits both sides alike
+        for side in (("jax", "torch") if r % 2 == 0 else ("torch", "jax")):
+            runs[side].append(
+                T.run_worker(jax_cmd, env=TT.variant_env("default"), label=f"convs {r}")
+                if side == "jax" else T.run_worker(torch_cmd, label=f"torch convs {r}"))
+    jx["convs"] = fastest_rounds([run["convs"] for run in runs["jax"]])
+    tc = dict(runs["torch"][0], convs=fastest_rounds([run["convs"] for run in runs["torch"]]))
     meta = dict(command="python " + " ".join(
         [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),
         date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],

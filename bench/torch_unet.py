@@ -346,8 +346,10 @@ def sample_worker(args, sampler: str, steps: int) -> dict:
 
 
 def conv_worker(args) -> dict:
-    """Forward time of each convolution in ``args.shapes`` (JSON list of [B, H, W, Cin, Cout, k,
-    stride], 'SAME' padding) with torch's conv2d in NCHW and channels_last memory formats."""
+    """Time of each convolution in ``args.shapes`` (JSON list of [B, H, W, Cin, Cout, k, stride],
+    'SAME' padding) with torch's conv2d in NCHW and channels_last memory formats: the forward
+    (``row[fmt]``) and the forward + backward to input, weight and bias with an all-ones output
+    gradient (``row[fmt + "_train"]``)."""
     import torch
 
     out = []
@@ -361,6 +363,14 @@ def conv_worker(args) -> dict:
                 times = time_calls(lambda: torch.nn.functional.conv2d(
                     xf, wf, bias, stride=stride, padding=k // 2), args.iters, args.warmup)
             row[fmt] = statistics.median(times)
+            leaves = [t.detach().clone().requires_grad_(True) for t in (xf, wf, bias)]
+
+            def train_call():
+                y = torch.nn.functional.conv2d(*leaves, stride=stride, padding=k // 2)
+                torch.autograd.grad(y, leaves, torch.ones_like(y))
+
+            row[fmt + "_train"] = statistics.median(time_calls(train_call, args.iters,
+                                                               args.warmup))
         out.append(row)
     return dict(side="torch", convs=out, **_versions())
 
