@@ -48,9 +48,32 @@ def _busy_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def profile_calls(fn, calls: int) -> dict:
-    """Traces ``calls`` calls of ``fn`` (already compiled); returns per-call core-ms by op kind,
-    busy core-seconds and wall seconds per call."""
+PHASES = ("forward", "backward", "update (clip, AdamW, EMA, noise draws)",
+          "no source (ops XLA created: layout copies, convolutions and their rewrites as dots)")
+
+
+def hlo_sources(compiled_text: str) -> dict[str, str]:
+    """HLO instruction name -> its ``op_name`` metadata (the JAX source path), from the text of
+    a compiled program."""
+    found = re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"',
+                       compiled_text, flags=re.M)
+    return dict(found)
+
+
+def phase_of(op_name: str | None) -> str:
+    """Train-step phase of an HLO op from its JAX source path: autodiff's transpose is the
+    backward, its jvp the forward; the rest is the update."""
+    if op_name is None:
+        return PHASES[3]
+    if "transpose(jvp" in op_name:
+        return PHASES[1]
+    return PHASES[0] if "jvp(" in op_name else PHASES[2]
+
+
+def profile_calls(fn, calls: int, sources: dict[str, str] | None = None) -> dict:
+    """Traces ``calls`` calls of ``fn`` (already compiled); returns per-call core-ms by op kind
+    (and, given ``sources`` from ``hlo_sources``, by train-step phase), busy core-seconds and
+    wall seconds per call."""
     import jax
 
     with tempfile.TemporaryDirectory() as d:
@@ -63,6 +86,7 @@ def profile_calls(fn, calls: int) -> dict:
         data = jax.profiler.ProfileData.from_file(pb)
     kinds: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
+    phases: collections.Counter = collections.Counter()
     for plane in data.planes:
         for line in plane.lines:
             if "XLAEigen" not in line.name:      # XLA's CPU compute threads
@@ -73,8 +97,11 @@ def profile_calls(fn, calls: int) -> dict:
                 kind = re.sub(r"\.\d+$", "", ev.name)
                 kinds[kind] += ev.duration_ns
                 counts[kind] += 1
+                if sources is not None:
+                    phases[phase_of(sources.get(ev.name))] += ev.duration_ns
     return dict(core_ms={k: v / 1e6 / calls for k, v in kinds.items()},
                 ops={k: v / calls for k, v in counts.items()},
+                phase_core_ms={k: v / 1e6 / calls for k, v in phases.items()},
                 busy_core_s=busy / calls, wall_s=wall / calls)
 
 
@@ -140,10 +167,11 @@ def profile_worker(args) -> dict:
         box["state"], m = step_fn(box["state"], images, labels)
         jax.block_until_ready(m)
 
+    sources = hlo_sources(step_fn.lower(box["state"], images, labels).compile().as_text())
     out = {}
-    for name, fn in (("forward", fwd), ("train_step", train)):
+    for name, fn, src in (("forward", fwd, None), ("train_step", train, sources)):
         times = T.time_calls(fn, args.calls, warmup=2)
-        prof = profile_calls(fn, args.calls)
+        prof = profile_calls(fn, args.calls, src)
         prof["untraced_wall_s"] = statistics.median(times)
         out[name] = prof
     return dict(side="jax", profile=out, conv_shapes=convs,
@@ -210,6 +238,20 @@ def op_table(prof: dict) -> list[str]:
     return rows
 
 
+def phase_table(prof: dict) -> list[str]:
+    """The attributed op time of a train step by phase (the HLO ops' JAX source paths)."""
+    core = prof["phase_core_ms"]
+    total = sum(core.values())
+    rows = ["The same attributed op time by phase, from each HLO op's JAX source path "
+            "(`jvp` = forward, `transpose(jvp)` = backward); the not-attributed convolution work "
+            "is not in it:", "",
+            "| phase | core-ms per call | share of attributed op time |", "|---|---|---|"]
+    for phase in PHASES:
+        ms = core.get(phase, 0.0)
+        rows.append(f"| {phase} | {ms:.1f} | {100 * ms / total:.1f}% |")
+    return rows
+
+
 def render(args, jx: dict, tc: dict, meta: dict) -> str:
     lines = [
         "## Where the time goes (profile)", "",
@@ -230,6 +272,8 @@ def render(args, jx: dict, tc: dict, meta: dict) -> str:
         lines += [f"{title}: {p['untraced_wall_s']:.3f} s wall untraced, {p['wall_s']:.3f} s "
                   f"traced, {p['busy_core_s'] / p['wall_s']:.2f} cores busy while traced.", "",
                   *op_table(p), ""]
+        if p["phase_core_ms"]:
+            lines += [*phase_table(p), ""]
     rows = ["| conv (B, H, W, Cin -> Cout, k, stride) | in forward | GFLOP | jaxdiff (XLA) ms "
             "| PyTorch NCHW ms | PyTorch channels_last ms | XLA GFLOP/s | best PyTorch GFLOP/s |",
             "|---|---|---|---|---|---|---|---|"]
