@@ -228,7 +228,8 @@ def op_table(prof: dict) -> list[str]:
     rows = ["| op kind (XLA HLO name) | ops per call | core-ms per call | share of busy time |",
             "|---|---|---|---|"]
     for kind, ms in top:
-        rows.append(f"| `{kind}` | {prof['ops'][kind]:.0f} | {ms:.1f} | {100 * ms / busy_ms:.1f}% |")
+        rows.append(f"| `{kind}` | {prof['ops'][kind]:.0f} | {ms:.1f} | "
+                    f"{100 * ms / busy_ms:.1f}% |")
     other = attributed - sum(ms for _, ms in top)
     rows.append(f"| other op kinds | - | {other:.1f} | {100 * other / busy_ms:.1f}% |")
     rest = busy_ms - attributed

@@ -60,7 +60,7 @@ def jax_worker(args) -> dict:
     from jaxdiff.samplers.base import _run_jit
     from jaxdiff.train import build_setup
 
-    dtype = args.dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
+    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     config, shape, classes = TT.bench_model(args.model, args.num_heads, dtype, args.batch)
     setup, state = build_setup(config, classes, shape)
     mesh = parallel.make_mesh(config.mesh)

@@ -54,13 +54,24 @@ VARIANT_LABELS = {
     "torch": "PyTorch eager, diffusers UNet2DModel",
 }
 
-# Dense peak FLOP/s by device kind (substring match) and compute dtype, for MFU.
-PEAK_FLOPS = {
-    "H200": {"bfloat16": 989e12, "float32": 494e12},   # float32 peak: TF32 tensor cores
-    "H100": {"bfloat16": 989e12, "float32": 494e12},   # SXM; PCIe is lower (756 / 378)
-    "A100": {"bfloat16": 312e12, "float32": 156e12},
-    "L4": {"bfloat16": 121e12, "float32": 60e12},
-}
+# Dense peak FLOP/s per JAX device by device kind and compute dtype, for MFU: the first entry
+# whose key is a substring of the device kind wins, so more specific keys come first.  TPU v2 / v3
+# expose each TensorCore as a device (half a chip); v4 and later one device per chip.  TPUs
+# list no float32 peak: their float32 matmuls run as bfloat16 passes at JAX's default precision.
+PEAK_FLOPS = (
+    ("H200", {"bfloat16": 989e12, "float32": 494e12}),   # float32 peak: TF32 tensor cores
+    ("H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
+    ("H100", {"bfloat16": 989e12, "float32": 494e12}),   # SXM
+    ("A100", {"bfloat16": 312e12, "float32": 156e12}),
+    ("L4", {"bfloat16": 121e12, "float32": 60e12}),
+    ("TPU v2", {"bfloat16": 22.5e12}),
+    ("TPU v3", {"bfloat16": 61.5e12}),
+    ("TPU v4 lite", {}),                                  # v4i: no published figure used here
+    ("TPU v4", {"bfloat16": 275e12}),
+    ("TPU v5 lite", {"bfloat16": 197e12}),                # v5e
+    ("TPU v5", {"bfloat16": 459e12}),                     # v5p
+    ("TPU v6 lite", {"bfloat16": 918e12}),                # v6e (Trillium)
+)
 
 
 ARCH_NOTE = """\
@@ -138,7 +149,7 @@ def bench_model(name: str, num_heads: int = 1, dtype: str = "float32", batch: in
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
-    for key, table in PEAK_FLOPS.items():
+    for key, table in PEAK_FLOPS:
         if key.lower() in device_kind.lower():
             return table.get(dtype)
     return None
@@ -160,7 +171,7 @@ def jax_worker(args) -> dict:
     from jaxdiff.train import build_setup, compile_train_step, place_state
 
     backend = jax.default_backend()
-    dtype = args.dtype or ("bfloat16" if backend == "gpu" else "float32")
+    dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
     config, shape, classes = bench_model(args.model, args.num_heads, dtype, args.batch)
     setup, state = build_setup(config, classes, shape)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
@@ -201,7 +212,7 @@ def jax_worker(args) -> dict:
                device_kind=jax.devices()[0].device_kind, dtype=dtype,
                xla_flags=os.environ.get("XLA_FLAGS", ""), flops_per_step=flops,
                **T.summarize(times))
-    if backend == "gpu" and flops:
+    if backend != "cpu" and flops:
         # cost_analysis counts one device's program; with several devices multiply by them.
         total = flops * (jax.device_count() if jax.device_count() > 1 else 1)
         peak = peak_flops(out["device_kind"], dtype)
@@ -281,7 +292,7 @@ def doc_section(kind: str, model: str, backend: str) -> str:
 def render(args, results, meta) -> str:
     torch_med = (statistics.median([r["median_s"] for r in results["torch"]])
                  if "torch" in results else None)
-    gpu = any(r.get("backend") == "gpu" for rs in results.values() for r in rs)
+    accel = any(r.get("backend", "cpu") != "cpu" for rs in results.values() for r in rs)
     rows = ["| variant | parameters | compile s (trace + XLA) | s/step per round (median) | "
             "images/s | peak RSS MiB | vs PyTorch |",
             "|---|---|---|---|---|---|---|"]
@@ -292,7 +303,8 @@ def render(args, results, meta) -> str:
             f"{r['trace_s'] + r['compile_s']:.1f}" for r in rs))
         rss = max(r["peak_rss_mib"] for r in rs)
         ratio = f"{torch_med / med:.2f}x" if torch_med else "-"
-        rows.append(f"| {T.variant_label(VARIANT_LABELS, args, v)} | {rs[0]['params']:,} | {comp} | {rounds} | "
+        label = T.variant_label(VARIANT_LABELS, args, v)
+        rows.append(f"| {label} | {rs[0]['params']:,} | {comp} | {rounds} | "
                     f"{args.batch / med:.1f} | {rss:.0f} | {ratio} |")
     jax_any = next(r[0] for v, r in results.items() if v != "torch")
     torch_any = results["torch"][0] if "torch" in results else {}
@@ -326,17 +338,19 @@ def render(args, results, meta) -> str:
         ARCH_NOTE if args.model == "default" else "",
         "",
     ]
-    if gpu:
-        lines += ["GPU (MFU = cost-analysis FLOPs per step / step time / dense peak of the "
-                  "device kind and dtype):", ""]
+    if accel:
+        lines += ["Accelerator (MFU = cost-analysis FLOPs per step / step time / dense peak of "
+                  "the device kind and dtype):", ""]
         for v, rs in results.items():
             for r in rs:
-                if r.get("backend") == "gpu":
+                if r.get("backend", "cpu") != "cpu":
                     mfu = r.get("mfu")
+                    mfu_text = (f"{100 * mfu:.1f}%" if mfu else
+                                "n/a (no peak for this device kind and dtype)")
                     lines.append(f"- {v}: {r['device_kind']}, {r['dtype']}, "
                                  f"{r['flops_per_step']:.3e} FLOP/step, "
-                                 f"{r.get('achieved_flops', 0) / 1e12:.1f} TFLOP/s, MFU "
-                                 f"{'%.1f%%' % (100 * mfu) if mfu else 'n/a (device kind not in table)'}")
+                                 f"{r.get('achieved_flops', 0) / 1e12:.1f} TFLOP/s, "
+                                 f"MFU {mfu_text}")
         lines.append("")
     return "\n".join(lines)
 
