@@ -136,7 +136,7 @@ def report_calls(args):
 
 def render(args, results, meta) -> str:
     samplers_ = parse_samplers(args.samplers)
-    jax_any = next(r[0] for v, r in results.items() if v != "torch")
+    jax_any = TT.first_jax_result(results)
     shape = "x".join(map(str, jax_any["shape"]))
     lines = [
         "## Sampling" + ("" if args.model == "default" else f": `{args.model}` network"),

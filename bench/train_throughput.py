@@ -276,9 +276,14 @@ def report_step(args):
     return report
 
 
+def first_jax_result(results: dict[str, list[dict]]) -> dict:
+    """The first JAX worker's result of a run ({} when only PyTorch ran)."""
+    return next((r[0] for v, r in results.items() if v != "torch"), {})
+
+
 def results_backend(results: dict[str, list[dict]]) -> str:
     """The JAX backend the workers of a run reported ('cpu' when only PyTorch ran)."""
-    return next((r[0].get("backend") for v, r in results.items() if v != "torch"), "cpu")
+    return first_jax_result(results).get("backend", "cpu")
 
 
 def doc_section(kind: str, model: str, backend: str) -> str:
@@ -306,7 +311,7 @@ def render(args, results, meta) -> str:
         label = T.variant_label(VARIANT_LABELS, args, v)
         rows.append(f"| {label} | {rs[0]['params']:,} | {comp} | {rounds} | "
                     f"{args.batch / med:.1f} | {rss:.0f} | {ratio} |")
-    jax_any = next(r[0] for v, r in results.items() if v != "torch")
+    jax_any = first_jax_result(results)
     torch_any = results["torch"][0] if "torch" in results else {}
     lines = [
         "## Training" + ("" if args.model == "default" else f": `{args.model}` network"),
