@@ -7,7 +7,8 @@ HLO name without its number) and summed over threads: core-milliseconds per call
 convolution thunks hand their work to Eigen's asynchronous tensor contraction, whose time is
 not attributed to op events; the table reports it as "not attributed" = busy core time of the
 traced calls (``getrusage``) minus the attributed time, i.e. the convolutions plus runtime
-overhead.
+overhead.  The train step's attributed time is also split by phase (forward, backward, update)
+from each HLO op's JAX source path in the compiled program's metadata.
 
 Part 2, convolution kernels: every distinct convolution of the forward at batch 32 (shapes read
 from the jaxpr), timed alone: XLA's convolution + bias (jaxdiff's CPU flags) against
@@ -278,6 +279,9 @@ def render(args, jx: dict, tc: dict, meta: dict) -> str:
     rows = ["| conv (B, H, W, Cin -> Cout, k, stride) | in forward | GFLOP | jaxdiff (XLA) ms "
             "| PyTorch NCHW ms | PyTorch channels_last ms | XLA GFLOP/s | best PyTorch GFLOP/s |",
             "|---|---|---|---|---|---|---|---|"]
+    train_rows = ["| conv (B, H, W, Cin -> Cout, k, stride) | in network | jaxdiff (XLA) ms "
+                  "| PyTorch NCHW ms | PyTorch channels_last ms | XLA / best PyTorch |",
+                  "|---|---|---|---|---|---|"]
     tot = collections.Counter()
     for (s, n), row, trow in zip(jx["conv_shapes"], jx["convs"], tc["convs"]):
         gf = conv_flops(s) / 1e9
@@ -290,10 +294,6 @@ def render(args, jx: dict, tc: dict, meta: dict) -> str:
                     f"{gf:.2f} | {1e3 * row['jax_s']:.1f} | {1e3 * trow['nchw']:.1f} | "
                     f"{1e3 * trow['channels_last']:.1f} | {gf / row['jax_s']:.0f} | "
                     f"{gf / best:.0f} |")
-    train_rows = ["| conv (B, H, W, Cin -> Cout, k, stride) | in network | jaxdiff (XLA) ms "
-                  "| PyTorch NCHW ms | PyTorch channels_last ms | XLA / best PyTorch |",
-                  "|---|---|---|---|---|---|"]
-    for (s, n), row, trow in zip(jx["conv_shapes"], jx["convs"], tc["convs"]):
         best = min(trow["nchw_train"], trow["channels_last_train"])
         tot["jax_train"] += n * row["jax_train_s"]
         tot["best_train"] += n * best
