@@ -23,7 +23,6 @@ Needs oneDNN's headers and library (Debian: ``apt-get install libdnnl-dev``) and
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -211,15 +210,9 @@ def main(argv=None) -> None:
                        str(args.iters), "--warmup", str(args.warmup)],
                       env=TT.variant_env("default"), label="jax xla/onednn")
     torch_runs.append(T.run_worker(torch_cmd, label="torch train"))
-    meta = dict(command="python " + " ".join(
-        [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),
-        date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
-        load_end=T.load_average(), **T.cpu_info())
-    text = render(args, jx, torch_runs, meta)
-    print(text)
-    if not args.no_write:
-        T.replace_section(TT.DOC, "onednn-conv", text, TT.DOC_HEADER)
-        print(f"wrote {TT.DOC}")
+    meta = T.run_meta(__file__, argv, wait)
+    T.publish(render(args, jx, torch_runs, meta), TT.DOC, "onednn-conv", TT.DOC_HEADER,
+              not args.no_write)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import glob
 import json
 import os
@@ -359,15 +358,8 @@ def main(argv=None) -> None:
                 if side == "jax" else T.run_worker(torch_cmd, label=f"torch convs {r}"))
     jx["convs"] = fastest_rounds([run["convs"] for run in runs["jax"]])
     tc = dict(runs["torch"][0], convs=fastest_rounds([run["convs"] for run in runs["torch"]]))
-    meta = dict(command="python " + " ".join(
-        [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),
-        date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
-        load_end=T.load_average(), **T.cpu_info())
-    text = render(args, jx, tc, meta)
-    print(text)
-    if not args.no_write:
-        T.replace_section(TT.DOC, "profile", text, TT.DOC_HEADER)
-        print(f"wrote {TT.DOC}")
+    meta = T.run_meta(__file__, argv, wait)
+    T.publish(render(args, jx, tc, meta), TT.DOC, "profile", TT.DOC_HEADER, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ different CFG scale, seed and labels must reuse the compiled sampler
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -224,18 +223,11 @@ def main(argv=None) -> None:
         results = TT.run_all(args, T.with_baseline(variants, args.baseline), worker_cmd,
                              "sample", report_calls(args))
     torch_res = results["torch"][0] if "torch" in results else {}
-    meta = dict(command="python " + " ".join(
-        [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),
-        date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
-        waited_s=wait["waited_s"], gave_up=wait["gave_up"], load_end=T.load_average(),
-        torch=torch_res.get("torch", "-"), diffusers=torch_res.get("diffusers", "-"),
-        **T.cpu_info(), **TT.versions())
-    text = render(args, results, meta)
-    print(text)
-    if not args.no_write:
-        section = TT.doc_section("sampling", args.model, TT.results_backend(results))
-        T.replace_section(TT.DOC, section, text, TT.DOC_HEADER)
-        print(f"wrote {TT.DOC}")
+    meta = T.run_meta(__file__, argv, wait, torch=torch_res.get("torch", "-"),
+                      diffusers=torch_res.get("diffusers", "-"), **TT.versions())
+    T.publish(render(args, results, meta), TT.DOC,
+              TT.doc_section("sampling", args.model, TT.results_backend(results)),
+              TT.DOC_HEADER, not args.no_write)
 
 
 if __name__ == "__main__":

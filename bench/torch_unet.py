@@ -21,6 +21,7 @@ two differ.
 from __future__ import annotations
 
 import argparse
+import datetime
 import contextlib
 import json
 import os
@@ -37,6 +38,7 @@ TORCH_PIN = "torch==2.13.0"  # the CPU wheel; an unpinned torch pulls a multi-GB
 NUM_CLASSES = 10
 IMAGE = (32, 32, 3)
 RESULT_PREFIX = "RESULT "
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,6 +225,28 @@ def replace_section(path: str, name: str, body: str, header: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
+
+
+def run_meta(script: str, argv: list[str] | None, wait: dict | None = None, **extra) -> dict:
+    """What a bench's doc section opens with: the command that made it (``script`` relative to
+    the repository, with ``argv`` or the process's arguments), the date, the machine and, given
+    ``wait`` from ``wait_for_load``, the load average at the start and now; plus ``extra``."""
+
+    meta = dict(command="python " + " ".join(
+        [os.path.relpath(os.path.abspath(script), REPO)] + (argv or sys.argv[1:])),
+        date=datetime.date.today().isoformat(), **cpu_info(), **extra)
+    if wait is not None:
+        meta.update(load_start=wait["load_at_start"], waited_s=wait["waited_s"],
+                    gave_up=wait["gave_up"], load_end=load_average())
+    return meta
+
+
+def publish(text: str, doc: str, section: str, header: str, write: bool) -> None:
+    """Prints a bench's rendered section and, when ``write``, replaces it in ``doc``."""
+    print(text)
+    if write:
+        replace_section(doc, section, text, header)
+        print(f"wrote {doc}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ loop / compiled - 1 is the overhead multi-step jit could remove at best.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -170,15 +169,10 @@ def main(argv=None) -> None:
                          loop=statistics.median(loops), compiled=statistics.median(compileds),
                          host=statistics.median(hosts)))
         print(rows[-1], flush=True)
-    meta = dict(command="python " + " ".join(
-        [os.path.relpath(os.path.abspath(__file__), TT.REPO)] + (argv or sys.argv[1:])),
-        date=datetime.date.today().isoformat(), skip=args.skip, rounds=args.rounds, **T.cpu_info())
-    text = render(rows, meta)
-    print(text)
-    if not args.no_write:
-        section = TT.doc_section("loop-overhead", "default", jax.default_backend())
-        T.replace_section(TT.DOC, section, text, TT.DOC_HEADER)
-        print(f"wrote {TT.DOC}")
+    meta = T.run_meta(__file__, argv, skip=args.skip, rounds=args.rounds)
+    T.publish(render(rows, meta), TT.DOC,
+              TT.doc_section("loop-overhead", "default", jax.default_backend()), TT.DOC_HEADER,
+              not args.no_write)
 
 
 if __name__ == "__main__":

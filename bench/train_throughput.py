@@ -22,7 +22,6 @@ device kind); that path runs only on a GPU machine.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch_unet as T  # noqa: E402  (stdlib-only helpers; torch is imported in its workers)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = T.REPO
 DOC = os.path.join(REPO, "docs", "performance.md")
 DOC_HEADER = """# Performance
 
@@ -385,17 +384,10 @@ def main(argv=None) -> None:
     with T.baseline_checkout(REPO, args.baseline) as (args.baseline_path, args.baseline_short):
         results = run_all(args, T.with_baseline(variants, args.baseline), worker_cmd, "train",
                           report_step(args))
-    meta = dict(command="python " + " ".join(
-        [os.path.relpath(os.path.abspath(__file__), REPO)] + (argv or sys.argv[1:])),
-        date=datetime.date.today().isoformat(), load_start=wait["load_at_start"],
-        waited_s=wait["waited_s"], gave_up=wait["gave_up"], load_end=T.load_average(),
-        **T.cpu_info(), **versions())
-    text = render(args, results, meta)
-    print(text)
-    if not args.no_write:
-        T.replace_section(DOC, doc_section("training", args.model, results_backend(results)),
-                          text, DOC_HEADER)
-        print(f"wrote {DOC}")
+    meta = T.run_meta(__file__, argv, wait, **versions())
+    T.publish(render(args, results, meta), DOC,
+              doc_section("training", args.model, results_backend(results)), DOC_HEADER,
+              not args.no_write)
 
 
 if __name__ == "__main__":
