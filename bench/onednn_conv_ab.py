@@ -26,7 +26,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,8 +37,8 @@ BATCH = 32
 
 
 def build_program(onednn: bool):
-    """(train step, CFG forward, state box) of the benchmark U-Net, convolutions by XLA or by
-    oneDNN; the same seed either way."""
+    """(train step, CFG forward, state box, the forward's (denoiser, x, t, cond)) of the
+    benchmark U-Net, convolutions by XLA or by oneDNN; the same seed either way."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -131,12 +130,8 @@ def jax_worker(args) -> dict:
     for i in range(args.iters):
         for name in (("xla", "onednn") if i % 2 == 0 else ("onednn", "xla")):
             step, fwd, _, _ = programs[name]
-            t0 = time.perf_counter()
-            step()
-            times[name]["step"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            fwd()
-            times[name]["fwd"].append(time.perf_counter() - t0)
+            times[name]["step"] += T.time_calls(step, 1)
+            times[name]["fwd"] += T.time_calls(fwd, 1)
     ref, new = (jax.tree.leaves(programs[k][2]["state"]["params"]) for k in ("xla", "onednn"))
     param_diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(ref, new))
     param_max = max(float(jnp.max(jnp.abs(a))) for a in ref)
