@@ -25,6 +25,7 @@ def get_config():
     model.noise_scale = 1.0  # EDM's c_noise = log(sigma)/4 is already O(1)
     model.dtype = "bfloat16"
     config = base_config(default_data_config("cifar10"), model)
+    config.data.num_threads = 4          # grain reader threads, batches prefetched ahead
     config.diffusion.schedule = "edm"
     config.diffusion.schedule_kwargs.sigma_min = 0.002
     config.diffusion.schedule_kwargs.sigma_max = 80.0
@@ -48,5 +49,5 @@ def get_config():
     config.sample.sampler = "heun"
     config.sample.grid = "karras"
     config.sample.steps = 18
-    config.sample.cfg_scale = 1.3
+    config.guidance.scale = 1.3
     return config

@@ -23,6 +23,7 @@ def get_config():
     model.dropout = 0.1
     model.dtype = "bfloat16"
     config = base_config(default_data_config("cifar10"), model)
+    config.data.num_threads = 4          # grain reader threads, batches prefetched ahead
     config.diffusion.schedule = "vp_cosine"
     config.diffusion.parameterization = "v"
     config.diffusion.p_uncond = 0.1
@@ -40,5 +41,5 @@ def get_config():
     config.sample.sampler = "dpmpp_2m"
     config.sample.grid = "uniform_logsnr"
     config.sample.steps = 35
-    config.sample.cfg_scale = 1.5
+    config.guidance.scale = 1.5
     return config

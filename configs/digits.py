@@ -27,5 +27,5 @@ def get_config():
     config.sample.sampler = "ddim"
     config.sample.grid = "uniform_t"
     config.sample.steps = 50
-    config.sample.cfg_scale = 2.0
+    config.guidance.scale = 2.0
     return config

@@ -29,6 +29,7 @@ def get_config():
     data.image_size = 64
     data.label_key = "label"
     data.random_flip = True
+    data.num_threads = 8                 # grain reader threads, batches prefetched ahead
     config = base_config(data, model)
     config.diffusion.schedule = "vp_cosine"
     config.diffusion.parameterization = "eps"
@@ -48,5 +49,5 @@ def get_config():
     config.sample.sampler = "dpmpp_2m"
     config.sample.grid = "uniform_logsnr"
     config.sample.steps = 50
-    config.sample.cfg_scale = 1.5
+    config.guidance.scale = 1.5
     return config

@@ -35,7 +35,7 @@ def get_config():
     config.sample.sampler = "ddim"
     config.sample.grid = "uniform_t"
     config.sample.steps = 50
-    config.sample.cfg_scale = 2.0
+    config.guidance.scale = 2.0
     config.sample.grid_per_class = 10
     config.sample.num_samples = 1000       # the sampling / evaluation jobs
     config.sample.shard_size = 250

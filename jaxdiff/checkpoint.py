@@ -1,14 +1,19 @@
 """Checkpoints: an Orbax ``CheckpointManager`` with async save, keep-N and exact resume.
 
-Each checkpoint ``<directory>/<step>/`` holds two items written together and atomically (Orbax
-writes into a temporary directory and renames it when every file is on disk, so a crash mid-save
-never produces a step that ``latest_step`` reports):
+Each checkpoint ``<directory>/<step>/`` holds its named pytree items plus a JSON item, written
+together and atomically (Orbax writes into a temporary directory and renames it when every file
+is on disk, so a crash mid-save never produces a step that ``latest_step`` reports):
 
-  * ``state``: any pytree (dicts, lists, tuples) of arrays and Python/NumPy scalars. NNX states go
-    in as pure dicts (``nnx.to_pure_dict(state)``). Typed PRNG keys (``jax.random.key``) are stored
-    as their raw ``uint32`` key data and re-wrapped on restore, with the implementation of the
+  * the pytree items (``items``, default one item ``state``; the jobs use ``model`` = parameters
+    and EMAs, and ``train`` = optimizer state, step, PRNG key and the objective's extra state):
+    any pytrees (dicts, lists, tuples) of arrays and Python/NumPy scalars. NNX states go in as
+    pure dicts (``nnx.to_pure_dict(state)``). Typed PRNG keys (``jax.random.key``) are stored as
+    their raw ``uint32`` key data and re-wrapped on restore, with the implementation of the
     matching leaf of the restore target.
   * ``extra``: a JSON-able dict of metadata (data-iterator position, config, ...).
+
+With several items, ``save`` takes a dict with one entry per item and ``restore`` restores only
+the items its target names: a sampling job restores ``model`` and never reads the optimizer.
 
 Restores take a target pytree (concrete arrays or ``jax.ShapeDtypeStruct``) whose shapes, dtypes
 and shardings the restored arrays get, so a state saved from one device restores directly onto a
@@ -25,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-_STATE = "state"
 _EXTRA = "extra"
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint on disk holds other items than this Checkpointer reads (an older layout)."""
 
 
 def _is_key(x) -> bool:
@@ -97,7 +105,7 @@ def _leaves_by_path(tree) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves and restores ``(state, extra)`` checkpoints under one directory.
+    """Saves and restores ``(items, extra)`` checkpoints under one directory.
 
     Args:
       directory: where step sub-directories live (created if missing). Shared by all processes.
@@ -105,14 +113,20 @@ class Checkpointer:
       save_interval_steps: ``save`` writes only when ``step`` is a multiple of this (unless forced).
       async_save: when True, ``save`` returns once the arrays are copied off the devices and the
         files are written in the background; ``wait_until_finished`` blocks until they are final.
+      items: names of the pytree items. With one item (default ``("state",)``) ``save`` and
+        ``restore`` take that item's pytree itself; with several, a dict keyed by item name.
     """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
-                 save_interval_steps: int = 1, async_save: bool = True):
+                 save_interval_steps: int = 1, async_save: bool = True,
+                 items: tuple[str, ...] = ("state",)):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         if save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
+        self.items = tuple(items)
+        if not self.items or _EXTRA in self.items or len(set(self.items)) != len(self.items):
+            raise ValueError(f"items must be distinct names other than {_EXTRA!r}, got {items}")
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
@@ -124,29 +138,35 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_handlers={_STATE: ocp.StandardCheckpointHandler(),
-                           _EXTRA: ocp.JsonCheckpointHandler()},
-        )
+        handlers = {name: ocp.StandardCheckpointHandler() for name in self.items}
+        handlers[_EXTRA] = ocp.JsonCheckpointHandler()
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_handlers=handlers)
+
+    def _as_items(self, tree, what: str) -> dict:
+        if len(self.items) == 1:
+            return {self.items[0]: tree}
+        if not isinstance(tree, dict) or not tree or set(tree) - set(self.items):
+            raise ValueError(f"{what} must be a dict with keys among the items {self.items}, "
+                             f"got {list(tree) if isinstance(tree, dict) else type(tree)}")
+        return tree
 
     def save(self, step: int, state, extra: dict[str, Any] | None = None,
              force: bool = False) -> bool:
-        """Saves ``state`` and the JSON-able ``extra`` as checkpoint ``step``.
+        """Saves ``state`` (the item's pytree, or a dict holding every item) and the JSON-able
+        ``extra`` as checkpoint ``step``.
 
         Writes when ``step`` is a multiple of ``save_interval_steps`` or ``force`` is True, and
         returns whether a save was started. With ``async_save`` the write finishes in the
         background; do not mutate NumPy leaves of ``state`` until ``wait_until_finished``.
         """
-        return self._manager.save(
-            int(step),
-            args=ocp.args.Composite(**{
-                _STATE: ocp.args.StandardSave(jax.tree.map(_storable, state)),
-                _EXTRA: ocp.args.JsonSave(dict(extra or {})),
-            }),
-            force=force,
-        )
+        items = self._as_items(state, "state")
+        if set(items) != set(self.items):
+            raise ValueError(f"save needs every item {self.items}, got {sorted(items)}")
+        args = {name: ocp.args.StandardSave(jax.tree.map(_storable, tree))
+                for name, tree in items.items()}
+        args[_EXTRA] = ocp.args.JsonSave(dict(extra or {}))
+        return self._manager.save(int(step), args=ocp.args.Composite(**args), force=force)
 
     def latest_step(self) -> int | None:
         """The newest finished checkpoint's step, or None when there is none."""
@@ -161,15 +181,16 @@ class Checkpointer:
 
         Args:
           step: which checkpoint; None for the latest.
-          target: pytree with the saved structure whose leaves are arrays or
-            ``jax.ShapeDtypeStruct`` (restored as ``jax.Array`` with the leaf's shape, dtype and
-            sharding; no sharding -> this process's first device), typed PRNG keys or their
-            structs (restored as keys of the same implementation), NumPy arrays or Python scalars
-            (restored as such).
+          target: the item's pytree (one item), or a dict of some of the items (several: only
+            those are read). Leaves are arrays or ``jax.ShapeDtypeStruct`` (restored as
+            ``jax.Array`` with the leaf's shape, dtype and sharding; no sharding -> this
+            process's first device), typed PRNG keys or their structs (restored as keys of the
+            same implementation), NumPy arrays or Python scalars (restored as such).
         Returns:
           ``(state, extra)``: ``state`` with the structure of ``target``; ``extra`` the saved dict.
         Raises:
           FileNotFoundError: no checkpoint (or no checkpoint ``step``) in ``self.directory``.
+          CheckpointFormatError: the checkpoint lacks a requested item (another layout).
           ValueError: the saved tree and ``target`` have different keys (both lists are named).
         """
         steps = self.all_steps()
@@ -180,23 +201,38 @@ class Checkpointer:
         elif step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available steps: {steps}")
-        self._check_structure(step, target)
-        restore_target = jax.tree.map(_restore_target, target)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(**{
-                _STATE: ocp.args.StandardRestore(restore_target),
-                _EXTRA: ocp.args.JsonRestore(),
-            }),
-        )
-        by_path = _leaves_by_path(restored[_STATE])
-        state = jax.tree.unflatten(
-            jax.tree.structure(target),
-            [_from_stored(by_path[p], t) for p, t in _leaves_by_path(target).items()])
-        return state, restored[_EXTRA]
+        targets = self._as_items(target, "target")
+        self._check_items(step, targets)
+        for name, tree in targets.items():
+            self._check_structure(step, name, tree)
+        args = {name: ocp.args.StandardRestore(jax.tree.map(_restore_target, tree))
+                for name, tree in targets.items()}
+        args[_EXTRA] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        out = {}
+        for name, tree in targets.items():
+            by_path = _leaves_by_path(restored[name])
+            out[name] = jax.tree.unflatten(
+                jax.tree.structure(tree),
+                [_from_stored(by_path[p], t) for p, t in _leaves_by_path(tree).items()])
+        return (out[self.items[0]] if len(self.items) == 1 else out), restored[_EXTRA]
 
-    def _check_structure(self, step: int, target) -> None:
-        saved = set(_leaves_by_path(self._manager.item_metadata(step)[_STATE].tree))
+    def saved_items(self, step: int) -> list[str]:
+        """Names of the pytree items stored in checkpoint ``step`` (read from its directory)."""
+        path = os.path.join(self.directory, str(step))
+        return sorted(d for d in os.listdir(path)
+                      if d != _EXTRA and os.path.isdir(os.path.join(path, d)))
+
+    def _check_items(self, step: int, targets: dict) -> None:
+        saved = self.saved_items(step)
+        missing = sorted(set(targets) - set(saved))
+        if missing:
+            raise CheckpointFormatError(
+                f"checkpoint {step} in {self.directory} holds the items {saved}, not "
+                f"{missing}: it was written in another layout")
+
+    def _check_structure(self, step: int, name: str, target) -> None:
+        saved = set(_leaves_by_path(self._manager.item_metadata(step)[name].tree))
         wanted = set(_leaves_by_path(target))
         if saved != wanted:
             raise ValueError(

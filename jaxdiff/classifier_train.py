@@ -227,3 +227,43 @@ def load_feature_network(path: str, batch_size: int = 500) -> FeatureNetwork:
                           feature_dim=int(arch.feature_dim),
                           num_classes=int(manifest["num_classes"]),
                           apply=lambda x: apply(state, x), batch_size=batch_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# the dataset's own feature network, as the evaluation and classification jobs use it
+# ------------------------------------------------------------------------------------------------
+
+def feature_network_dir(config) -> str:
+    """``config.eval.feature_network_dir``, or ``$JAXDIFF_CACHE/feature_networks/<dataset>``
+    (JAXDIFF_CACHE defaults to ~/.cache/jaxdiff)."""
+    e = config.eval
+    if e.feature_network_dir:
+        return e.feature_network_dir
+    cache = os.environ.get("JAXDIFF_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "jaxdiff"))
+    return os.path.join(cache, "feature_networks", _dataset_name(config.data).replace("/", "_"))
+
+
+def train_feature_network(config) -> dict:
+    """Trains (or retrains) the dataset's own feature network with ``config.eval``'s settings
+    into ``feature_network_dir(config)``; returns its manifest."""
+    e = config.eval
+    out = feature_network_dir(config)
+    manifest = train_classifier(config.data, out, steps=int(e.classifier_steps),
+                                batch_size=int(e.classifier_batch_size), seed=int(e.classifier_seed))
+    print(f"feature network for {manifest['dataset']}: held-out accuracy "
+          f"{manifest['heldout_accuracy']:.4f}, sha256 {manifest['sha256'][:12]}..., in {out}",
+          flush=True)
+    return manifest
+
+
+def own_feature_network(config) -> tuple[FeatureNetwork, str]:
+    """(the dataset's feature network, its directory); trained first when missing and
+    ``config.eval.train_classifier_if_missing``."""
+    path = feature_network_dir(config)
+    if not os.path.exists(os.path.join(path, MANIFEST_FILE)):
+        if not config.eval.train_classifier_if_missing:
+            raise FileNotFoundError(f"no feature network in {path}: run --mode=train_classifier "
+                                    f"or set config.eval.train_classifier_if_missing=True")
+        train_feature_network(config)
+    return load_feature_network(path), path

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff import parameterization as P
+from jaxdiff.cond import check_cond_batch  # noqa: F401  (re-exported for callers)
 from jaxdiff.schedules import Schedule
 
 Array = jax.Array
@@ -35,15 +36,6 @@ def batch_times(t: Array, x: Array) -> Array:
     if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
         raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {t.shape}")
     return jnp.broadcast_to(t, (x.shape[0],))
-
-
-def check_cond_batch(cond: Any, batch: int) -> None:
-    """Raises a ValueError if some leaf of ``cond`` does not have leading dimension ``batch``."""
-    for leaf in jax.tree_util.tree_leaves(cond):
-        shape = jnp.shape(leaf)
-        if len(shape) == 0 or shape[0] != batch:
-            raise ValueError(f"cond batch size mismatch: x has batch {batch} but a condition "
-                             f"leaf has shape {tuple(shape)}")
 
 
 class DenoiserBase:

@@ -34,6 +34,8 @@ DEFAULT_FSDP_MIN_SIZE = 2**14
 _ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 _ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 _ENV_PROCESS_ID = "JAX_PROCESS_ID"
+TIMEOUT_ENV = "JAXDIFF_DISTRIBUTED_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600
 
 
 def _distributed_mode(cfg) -> bool | str:
@@ -94,6 +96,7 @@ def maybe_initialize_distributed(cfg=None) -> bool:
         metadata server, are found).
 
     Idempotent: a second call (or a call after someone else initialised) does nothing.
+    Initialisation and heartbeats wait up to ``$JAXDIFF_DISTRIBUTED_TIMEOUT_S`` seconds (600).
 
     Args:
       cfg: a ConfigDict (or any mapping with ``.get``) holding ``distributed``, or None.
@@ -106,15 +109,38 @@ def maybe_initialize_distributed(cfg=None) -> bool:
     if mode is False:
         return False
     explicit = _explicit_env()
-    if explicit is not None:
-        if explicit["num_processes"] == 1 and mode == "auto":
-            return False
-        jax.distributed.initialize(**explicit)
-        return True
-    if mode is True or _env_says_multiprocess():
-        jax.distributed.initialize()
-        return True
-    return False
+    if explicit is not None and explicit["num_processes"] == 1 and mode == "auto":
+        return False
+    if explicit is None and not (mode is True or _env_says_multiprocess()):
+        return False
+    timeout = _timeout_seconds()
+    jax.distributed.initialize(**(explicit or {}), initialization_timeout=timeout,
+                               heartbeat_timeout_seconds=timeout)
+    _open_collectives()
+    return True
+
+
+def _timeout_seconds() -> int:
+    """Coordination timeout: ``$JAXDIFF_DISTRIBUTED_TIMEOUT_S`` (default 600 s), generous so a
+    process that starts late on a loaded machine still joins."""
+    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _open_collectives() -> None:
+    """One cross-process barrier right after ``initialize``, while every process is at the same
+    point: the CPU collectives (Gloo) set up their context here, within their own fixed
+    time-out, instead of at the first training step, where one process may still be compiling
+    long after the others arrived."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("jaxdiff: processes joined")
 
 
 def _mesh_field(mesh_cfg, name: str, default: int) -> int:

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxdiff.registry import Registry
 
 Array = jax.Array
 
@@ -103,6 +103,17 @@ def _check_positive(name: str, **values: float) -> None:
     for key, v in values.items():
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name}: {key} must be a positive finite number, got {v!r}")
+
+
+def diffuse(schedule: Schedule, x0: Array, t: Array, eps: Array) -> Array:
+    """The forward process x_t = alpha(t) x0 + sigma(t) eps.
+
+    x0, eps: (B, ...); t: () or (B,) times in [0, 1]. Returns (B, ...) in x0's dtype.
+    """
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x0.shape[0],))
+    alpha, sigma = schedule.alpha_sigma(t)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return (alpha.reshape(shape) * x0 + sigma.reshape(shape) * eps).astype(x0.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,20 +298,14 @@ class RectifiedFlow(Schedule):
         return jax.nn.sigmoid(-0.5 * jnp.asarray(logsnr, jnp.float32))
 
 
-SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "vp_linear": VPLinear,
-    "vp_cosine": VPCosine,
-    "ve": VE,
-    "edm": EDM,
-    "rectified_flow": RectifiedFlow,
-}
+SCHEDULES = Registry("schedule")
+for _cls in (VPLinear, VPCosine, VE, EDM, RectifiedFlow):
+    SCHEDULES.register(_cls.name, _cls)
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
     """Builds a schedule by registry name, e.g. ``get_schedule('edm', sigma_max=80.)``."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
-    return SCHEDULES[name](**kwargs)
+    return SCHEDULES.entry(name).obj(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------------

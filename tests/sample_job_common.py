@@ -11,5 +11,5 @@ def tiny_config():
     cfg.train.progress_bar = False
     cfg.sample.sampler = "ddpm"       # stochastic: exercises per-example step noise too
     cfg.sample.steps = 4
-    cfg.sample.cfg_scale = 2.0
+    cfg.guidance.scale = 2.0
     return cfg

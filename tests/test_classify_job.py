@@ -1,5 +1,5 @@
 """``--mode=classify`` end to end on the embedded digits: the tiny version of the MNIST-5k
-reproduction (bench/diffusion_classifier_mnist5k.py, docs/reproductions.md).
+reproduction (repro/diffusion_classifier_mnist5k.py).
 
 One CLI process trains configs/digits.py (600 steps instead of its 300) and classifies 150
 held-out digits with the Diffusion Classifier, whose accuracy must reach the issue's 90% (chance:
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxdiff.classify_job import heldout_subset
+from jaxdiff.jobs.classify import heldout_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")

@@ -1,4 +1,5 @@
-"""The sampling job: resume after interruption, device invariance, verified shards, errors."""
+"""The sampling job: resume after interruption, device invariance, verified shards, errors, and
+the model-only restore (no optimizer state is built)."""
 import os
 import shutil
 import subprocess
@@ -7,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from jaxdiff import sample
-from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.data import get_source
-from jaxdiff.train import build_setup
+from jaxdiff.jobs import sample
+from jaxdiff.jobs import samples_io as IO
+from jaxdiff.jobs.spec import open_checkpoints
+from jaxdiff.jobs.train import build_trainer
 from tests.sample_job_common import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,52 +26,55 @@ def workdir(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("sample_job"))
     cfg = tiny_config()
     src = get_source(cfg.data, "train")
-    _, state = build_setup(cfg, src.num_classes, src.image_shape)
+    _, state = build_trainer(cfg, src.num_classes, src.example_shape)
     noise = jax.random.normal(jax.random.key(0), ())
-    state["ema"] = tuple(jax.tree.map(lambda p: p + 0.05 * noise * jax.numpy.ones_like(p), e)
-                         for e in state["ema"])
-    ckpt = Checkpointer(os.path.join(wd, "checkpoints"), async_save=False)
+    state["model"]["ema"] = tuple(
+        jax.tree.map(lambda p: p + 0.05 * noise * jax.numpy.ones_like(p), e)
+        for e in state["model"]["ema"])
+    ckpt = open_checkpoints(wd, async_save=False)
     ckpt.save(0, state, force=True)
     ckpt.close()
     return wd
 
 
-def _run(workdir, name, n=10, size=4, **overrides):
+def _run(workdir, name, n=10, size=4, guidance=None, **overrides):
     cfg = tiny_config()
     cfg.sample.out_name = name
     cfg.sample.num_samples = n
     cfg.sample.shard_size = size
     for k, v in overrides.items():
         cfg.sample[k] = v
+    for k, v in (guidance or {}).items():
+        cfg.guidance[k] = v
     return sample.sample_job(cfg, workdir)
 
 
 def test_interrupted_job_resumes_bit_identical(workdir, monkeypatch):
     full = _run(workdir, "full")
-    imgs_full, labels_full, proto = sample.load_samples(full["out_dir"])
+    imgs_full, labels_full, proto = IO.load_samples(full["out_dir"])
     assert imgs_full.shape == (10, 8, 8, 1) and imgs_full.dtype == np.uint8
     np.testing.assert_array_equal(labels_full, np.arange(10) % 10)   # class-balanced
     assert proto["nfe"] == 4 and proto["network_evaluations_per_sample"] == 8
 
     calls = {"n": 0}
-    real_write = sample._write_atomic_npz
+    real_write = IO.write_shard
 
-    def dying_write(path, **arrays):
+    def dying_write(path, *arrays):
         if calls["n"] == 1:
             raise KeyboardInterrupt("simulated kill after the first shard")
         calls["n"] += 1
-        real_write(path, **arrays)
+        real_write(path, *arrays)
 
-    monkeypatch.setattr(sample, "_write_atomic_npz", dying_write)
+    monkeypatch.setattr(IO, "write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):
         _run(workdir, "resumed")
     out = os.path.join(workdir, "samples", "resumed")
     assert sorted(f for f in os.listdir(out) if f.startswith("shard")) == ["shard_00000.npz"]
     before = os.stat(os.path.join(out, "shard_00000.npz")).st_mtime_ns
-    monkeypatch.setattr(sample, "_write_atomic_npz", real_write)
+    monkeypatch.setattr(IO, "write_shard", real_write)
     _run(workdir, "resumed")
     assert os.stat(os.path.join(out, "shard_00000.npz")).st_mtime_ns == before  # not rewritten
-    imgs, labels, _ = sample.load_samples(out)
+    imgs, labels, _ = IO.load_samples(out)
     np.testing.assert_array_equal(imgs, imgs_full)
     np.testing.assert_array_equal(labels, labels_full)
     # the samples are not all the same picture
@@ -84,8 +89,8 @@ def test_same_samples_on_one_and_eight_devices(workdir):
     subprocess.run([sys.executable, os.path.join(REPO, "tests", "helpers",
                                                  "sample_job_worker.py"),
                     workdir, "dev8", "12", "8"], check=True, env=env, cwd=REPO, timeout=600)
-    a, la, _ = sample.load_samples(one["out_dir"])
-    b, lb, _ = sample.load_samples(os.path.join(workdir, "samples", "dev8"))
+    a, la, _ = IO.load_samples(one["out_dir"])
+    b, lb, _ = IO.load_samples(os.path.join(workdir, "samples", "dev8"))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(la, lb)
 
@@ -96,26 +101,55 @@ def test_bad_shards_are_clear_errors_and_never_overwritten(workdir):
     with open(shard, "r+b") as f:
         f.truncate(40)
     corrupted = open(shard, "rb").read()
-    with pytest.raises(sample.ShardError, match="corrupted"):
+    with pytest.raises(IO.ShardError, match="corrupted"):
         _run(workdir, "bad", n=8, size=4)
     assert open(shard, "rb").read() == corrupted
-    np.savez(shard, images=np.zeros((4, 8, 8, 1), np.float32), labels=np.zeros(4, np.int32),
+    np.savez(shard, samples=np.zeros((4, 8, 8, 1), np.float32), labels=np.zeros(4, np.int32),
              indices=np.arange(4, 8))
-    with pytest.raises(sample.ShardError, match="uint8"):
-        sample.load_samples(res["out_dir"])
-    np.savez(shard, images=np.zeros((4, 9, 9, 1), np.uint8), labels=np.zeros(4, np.int32),
+    with pytest.raises(IO.ShardError, match="uint8"):
+        IO.load_samples(res["out_dir"])
+    np.savez(shard, samples=np.zeros((4, 9, 9, 1), np.uint8), labels=np.zeros(4, np.int32),
              indices=np.arange(4, 8))
-    with pytest.raises(sample.ShardError, match="image shape"):
-        sample.load_samples(res["out_dir"])
+    with pytest.raises(IO.ShardError, match="example shape"):
+        IO.load_samples(res["out_dir"])
     os.remove(shard)
     with pytest.raises(FileNotFoundError, match="missing"):
-        sample.load_samples(res["out_dir"])
+        IO.load_samples(res["out_dir"])
 
 
 def test_protocol_mismatch_and_missing_checkpoint(workdir, tmp_path):
     _run(workdir, "proto", n=4, size=4)
     with pytest.raises(ValueError, match="another protocol"):
-        _run(workdir, "proto", n=4, size=4, cfg_scale=3.0)
+        _run(workdir, "proto", n=4, size=4, guidance=dict(scale=3.0))
     with pytest.raises(FileNotFoundError, match="train first"):
         _run(str(tmp_path), "x", n=4, size=4)
     shutil.rmtree(os.path.join(workdir, "samples", "proto"))
+
+
+def _copy_checkpoints(workdir, dest):
+    shutil.copytree(os.path.join(workdir, "checkpoints"), os.path.join(dest, "checkpoints"))
+    return str(dest)
+
+
+def test_sampling_reads_only_the_model_item(workdir, tmp_path):
+    """The optimizer state, step and key (the ``train`` item) are never read: sampling from a
+    checkpoint whose ``train`` item was deleted gives the same samples."""
+    ref = _run(workdir, "model_only_ref", n=4, size=4)
+    wd = _copy_checkpoints(workdir, tmp_path)
+    train_item = os.path.join(wd, "checkpoints", "0", "train")
+    assert os.path.isdir(train_item)
+    shutil.rmtree(train_item)
+    out = _run(wd, "model_only", n=4, size=4)
+    a, _, _ = IO.load_samples(ref["out_dir"])
+    b, _, _ = IO.load_samples(out["out_dir"])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_the_earlier_layout_is_a_one_line_error(tmp_path):
+    from jaxdiff.checkpoint import Checkpointer, CheckpointFormatError
+
+    old = Checkpointer(os.path.join(tmp_path, "checkpoints"), async_save=False)  # one 'state'
+    old.save(3, {"step": np.int32(3), "params": {"w": np.zeros(2, np.float32)}}, force=True)
+    old.close()
+    with pytest.raises(CheckpointFormatError, match="earlier jaxdiff.*train again"):
+        _run(str(tmp_path), "old", n=4, size=4)

@@ -2,7 +2,7 @@
 
 * one step on 8 simulated devices equals the single-device step; EMA after one step; the loss of
   the digits config drops in a short run (tests/helpers/train_steps.py, one 8-device process);
-* SIGKILL / SIGTERM during ``train.train`` and resume reproduce an uninterrupted run bit for bit
+* SIGKILL / SIGTERM during ``jaxdiff.jobs.train.train`` and resume reproduce an uninterrupted run bit for bit
   (tests/helpers/train_job.py);
 * a 2-process ``jax.distributed`` job ends with identical state on both processes.
 
@@ -117,9 +117,9 @@ def _logged_steps(stdout: str) -> list[int]:
 def _assert_same_state(a: dict, b: dict, atol: float = 0.0):
     """Every leaf of two flat state dumps equal (bit for bit when atol == 0)."""
     assert sorted(a) == sorted(b)
-    for section in ("params/", "opt_state/", "ema/0/"):
+    for section in ("model/params/", "train/opt_state/", "model/ema/0/"):
         assert any(k.startswith(section) for k in a), section
-    assert "step" in a and "rng" in a
+    assert "train/step" in a and "train/rng" in a
     for k in a:
         x, y = a[k], b[k]
         assert x.dtype == y.dtype and x.shape == y.shape, k
@@ -171,10 +171,11 @@ def test_step_on_8_devices_matches_single_device(steps):
     assert arrays["eight/sharded_over"] == 8 and arrays["one/sharded_over"] == 1
     one, eight, init = (_section(arrays, p) for p in ("one/", "eight/", "init/"))
     # The step did move the parameters (lr 2e-3, Adam), so the comparison is not vacuous.
-    moved = max(float(np.max(np.abs(one[k] - init[k]))) for k in one if k.startswith("params/"))
+    moved = max(float(np.max(np.abs(one[k] - init[k]))) for k in one
+                if k.startswith("model/params/"))
     assert moved > 1e-3
     _assert_same_state(one, eight, atol=1e-5)
-    assert one["step"] == eight["step"] == 1
+    assert one["train/step"] == eight["train/step"] == 1
     m1, m8 = info["metrics"]["one"], info["metrics"]["eight"]
     assert m1["loss"] == pytest.approx(m8["loss"], rel=1e-5)
     assert m1["grad_norm"] == pytest.approx(m8["grad_norm"], rel=1e-5)
@@ -184,21 +185,23 @@ def test_step_on_8_devices_matches_single_device(steps):
 def test_ema_after_one_step_without_warmup(steps, mesh):
     _, arrays = steps
     state, init = _section(arrays, f"{mesh}/"), _section(arrays, "init/")
-    names = [k[len("params/"):] for k in state if k.startswith("params/")]
-    assert names and sorted(names) == sorted(k[len("ema/0/"):] for k in state
-                                              if k.startswith("ema/0/"))
+    names = [k[len("model/params/"):] for k in state if k.startswith("model/params/")]
+    assert names and sorted(names) == sorted(k[len("model/ema/0/"):] for k in state
+                                              if k.startswith("model/ema/0/"))
     d, c = np.float32(EMA_DECAY), np.float32(1.0 - EMA_DECAY)
     for name in names:
-        p0, p1, ema = init[f"params/{name}"], state[f"params/{name}"], state[f"ema/0/{name}"]
+        p0, p1, ema = (init[f"model/params/{name}"], state[f"model/params/{name}"],
+                       state[f"model/ema/0/{name}"])
         # d * init + (1 - d) * params with one rounding: XLA fuses the multiply-add on CPU, so
         # NumPy's two-rounding evaluation may differ in the last bit; allow exactly that.
         exact = (d.astype(np.float64) * p0 + c.astype(np.float64) * p1).astype(np.float32)
         np.testing.assert_array_max_ulp(ema, exact, maxulp=1)
     # EMA with warm-up would have used decay min(0.9, 2/11): far from this.
-    name = max(names, key=lambda n: np.max(np.abs(state[f"params/{n}"] - init[f"params/{n}"])))
-    p0, p1 = init[f"params/{name}"], state[f"params/{name}"]
-    assert np.max(np.abs(state[f"ema/0/{name}"] - p0)) > 1e-4
-    assert np.max(np.abs(state[f"ema/0/{name}"] - p1)) > 1e-4
+    name = max(names, key=lambda n: np.max(np.abs(state[f"model/params/{n}"]
+                                                  - init[f"model/params/{n}"])))
+    p0, p1 = init[f"model/params/{name}"], state[f"model/params/{name}"]
+    assert np.max(np.abs(state[f"model/ema/0/{name}"] - p0)) > 1e-4
+    assert np.max(np.abs(state[f"model/ema/0/{name}"] - p1)) > 1e-4
 
 
 def test_digits_loss_drops_in_a_short_run(steps):
@@ -211,7 +214,7 @@ def test_digits_loss_drops_in_a_short_run(steps):
 
 
 # ------------------------------------------------------------------------------------------------
-# kill / SIGTERM / resume through train.train
+# kill / SIGTERM / resume through jaxdiff.jobs.train.train
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -228,7 +231,7 @@ def test_uninterrupted_job_writes_checkpoints_and_samples(reference):
     assert _checkpoints(workdir) == [2, 4, 6]
     for name in ("step_0000002.png", "step_0000004.png", "final.png"):
         assert os.path.isfile(os.path.join(workdir, "samples", name))
-    assert int(state["step"]) == 6
+    assert int(state["train/step"]) == 6
 
 
 def _resume(tmp, workdir, cache_env, expect_from: int) -> dict:

@@ -74,6 +74,10 @@ class ArraySource:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(d) for d in self.images.shape[1:])
 
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.images.shape[1:])
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 

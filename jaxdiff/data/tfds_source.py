@@ -52,6 +52,7 @@ class TfdsSource:
         self.name = name
         self.num_classes = num_classes
         self.image_shape = image_shape
+        self.example_shape = tuple(image_shape)
         self._image_key = image_key
         self._label_key = label_key
 

@@ -1,5 +1,13 @@
-"""Guidance: Denoiser -> Denoiser transforms that compose (CFG(ClassifierGuidance(D)), ...)."""
-from jaxdiff.guidance.cfg import CFG, null_like
+"""Guidance: Denoiser -> Denoiser transforms that compose (CFG(ClassifierGuidance(D)), ...).
+
+Importing this package registers every transform in ``GUIDANCE`` (see ``guidance.base``).
+"""
+from jaxdiff.cond import null_like
+from jaxdiff.guidance.base import (GUIDANCE, Guided, build_guidance, check_guidance,
+                                   evals_per_call, guidance_config, register_guidance)
+from jaxdiff.guidance.cfg import CFG
 from jaxdiff.guidance.classifier import ClassifierGuidance
 
-__all__ = ["CFG", "ClassifierGuidance", "null_like"]
+__all__ = ["CFG", "ClassifierGuidance", "GUIDANCE", "Guided", "build_guidance",
+           "check_guidance", "evals_per_call", "guidance_config", "null_like",
+           "register_guidance"]

@@ -22,19 +22,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.denoiser import DenoiserBase, batch_times, check_cond_batch
+from jaxdiff.cond import check_cond_batch, null_like
+from jaxdiff.denoiser import DenoiserBase, batch_times
+from jaxdiff.errors import ConfigError
+from jaxdiff.guidance.base import Guided, register_guidance
 
 Array = jax.Array
-
-
-def null_like(cond: Any, null: Any) -> Any:
-    """The unconditional counterpart of ``cond``: ``null`` broadcast leaf-by-leaf to cond.
-
-    ``null`` is a class token (scalar) for class-index conditions, or a pytree with the structure
-    of ``cond`` whose leaves broadcast to cond's leaves (e.g. a zero vector of shape (D,)).
-    """
-    return jax.tree_util.tree_map(
-        lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), cond, null)
 
 
 def _per_example(v: Array, x: Array) -> Array:
@@ -43,7 +36,7 @@ def _per_example(v: Array, x: Array) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class CFG(DenoiserBase):
+class CFG(Guided):
     """Classifier-free guidance.
 
     Args:
@@ -59,10 +52,6 @@ class CFG(DenoiserBase):
     null: Any = 0
     t_lo: Any = 0.0
     t_hi: Any = 1.0
-
-    @property
-    def schedule(self):
-        return self.inner.schedule
 
     def x0(self, x, t, cond=None):
         if cond is None:
@@ -83,3 +72,34 @@ class CFG(DenoiserBase):
 
 jax.tree_util.register_dataclass(
     CFG, data_fields=["inner", "scale", "null", "t_lo", "t_hi"], meta_fields=[])
+
+
+def _cfg_defaults():
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(scale=2.0, t_lo=0.0, t_hi=1.0))
+
+
+def _check_cfg(section) -> None:
+    import math
+
+    for field, low, high in (("scale", None, None), ("t_lo", 0.0, 1.0), ("t_hi", 0.0, 1.0)):
+        v = section[field]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"config.guidance.{field}: must be a number, got {v!r}")
+        if low is not None and not low <= v <= high:
+            raise ConfigError(f"config.guidance.{field}: must be in [{low}, {high}], got {v!r}")
+    if section.t_lo >= section.t_hi:
+        raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
+                          f"({section.t_lo}, {section.t_hi})")
+
+
+@register_guidance("cfg", defaults=_cfg_defaults, check=_check_cfg,
+                   evals_per_call=lambda section: 2 if float(section.scale) != 1.0 else 1)
+def build_cfg(inner, section, spec):
+    """CFG with the section's scale and interval around a class-conditional model; an
+    unconditional model (no classes) is returned unguided."""
+    if spec.num_classes == 0:
+        return inner
+    return CFG(inner, scale=float(section.scale), null=spec.null, t_lo=float(section.t_lo),
+               t_hi=float(section.t_hi))

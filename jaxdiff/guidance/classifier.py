@@ -17,13 +17,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.denoiser import DenoiserBase, batch_times, check_cond_batch
+from jaxdiff.cond import check_cond_batch
+from jaxdiff.denoiser import DenoiserBase, batch_times
+from jaxdiff.guidance.base import Guided
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierGuidance(DenoiserBase):
+class ClassifierGuidance(Guided):
     """Adds s * grad_x log p(y | x_t) to the inner denoiser's score.
 
     Args:
@@ -39,10 +41,6 @@ class ClassifierGuidance(DenoiserBase):
     params: Any = None
     scale: Any = 1.0
     num_classes: int | None = None
-
-    @property
-    def schedule(self):
-        return self.inner.schedule
 
     def x0(self, x, t, cond=None):
         if cond is None:

@@ -97,6 +97,15 @@ def get_sampler(name: str) -> SamplerSpec:
     return SAMPLERS[name]
 
 
+def check_options(name: str, options: dict) -> None:
+    """Raises ValueError naming an option ``name`` does not take."""
+    spec = get_sampler(name)
+    unknown = set(options) - {k for k, _ in spec.defaults}
+    if unknown:
+        raise ValueError(f"sampler {name!r} has no option(s) {sorted(unknown)}; it takes "
+                         f"{[k for k, _ in spec.defaults]}")
+
+
 def nfe_of(name: str, steps: int) -> int:
     """Denoiser evaluations used by ``name`` with ``steps`` steps."""
     return int(get_sampler(name).nfe(int(steps)))

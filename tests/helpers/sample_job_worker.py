@@ -6,7 +6,7 @@ import sys
 
 from tests.sample_job_common import tiny_config  # noqa: E402
 
-from jaxdiff import sample
+from jaxdiff.jobs import sample
 
 workdir, out_name, n, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 cfg = tiny_config()

@@ -1,4 +1,4 @@
-"""Runs ``jaxdiff.train.train`` as a job: ``python train_job.py SPEC_JSON``.
+"""Runs ``jaxdiff.jobs.train.train`` as a job: ``python train_job.py SPEC_JSON``.
 
 SPEC_JSON: {"workdir": str, "overrides": {dotted config field: value} applied to
 configs/digits.py, "out": optional .npz path, "{process}" replaced by the process index}.
@@ -15,7 +15,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxdiff import train
+from jaxdiff.jobs import train
 from train_common import digits_config, flat_state
 
 
@@ -25,11 +25,11 @@ def main():
     observed = {}
     compile_train_step = train.compile_train_step
 
-    def compile_observed(setup, state, mesh):
-        step_fn, shard = compile_train_step(setup, state, mesh)
+    def compile_observed(trainer, state, mesh):
+        step_fn, shard = compile_train_step(trainer, state, mesh)
 
-        def step(state, images, labels):
-            new_state, metrics = step_fn(state, images, labels)
+        def step(state, batch):
+            new_state, metrics = step_fn(state, batch)
             observed["state"] = new_state
             return new_state, metrics
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType
 
-from jaxdiff import parallel, train
+from jaxdiff import parallel
+from jaxdiff.jobs import train
 from jaxdiff.data import BatchSampler, get_source, load_batch
 from train_common import digits_config, flat_state
 
@@ -34,13 +35,13 @@ def main():
     config = digits_config(spec["overrides"])
     assert jax.device_count() == 8, jax.devices()
     source = get_source(config.data, "train")
-    setup, state = train.build_setup(config, source.num_classes, source.image_shape)
+    trainer, state = train.build_trainer(config, source.num_classes, source.example_shape)
     sampler = BatchSampler(num_examples=len(source), global_batch_size=int(config.train.batch_size),
                            seed=int(config.seed), process_index=0, process_count=1)
 
     def batch(step, mesh):
-        local = load_batch(source, sampler, step, bool(config.data.random_flip))
-        return parallel.global_batch(local, mesh)
+        x, label = load_batch(source, sampler, step, bool(config.data.random_flip))
+        return parallel.global_batch(dict(x=x, label=label), mesh)
 
     out = {f"init/{k}": v for k, v in flat_state(state).items()}
     mesh8 = parallel.make_mesh(config.mesh)
@@ -49,19 +50,19 @@ def main():
     metrics = {}
     results = {}
     for name, mesh in (("eight", mesh8), ("one", mesh1)):
-        step_fn, shard = train.compile_train_step(setup, state, mesh)
+        step_fn, shard = train.compile_train_step(trainer, state, mesh)
         s = jax.device_put(fresh_copy(state), shard)
-        s, m = step_fn(s, *batch(0, mesh))
+        s, m = step_fn(s, batch(0, mesh))
         results[name] = (step_fn, s)
         metrics[name] = {k: float(v) for k, v in jax.device_get(m).items()}
         out.update({f"{name}/{k}": v for k, v in flat_state(s).items()})
-        out[f"{name}/sharded_over"] = np.int64(len(s["params"]["conv_in"]["kernel"].sharding
+        out[f"{name}/sharded_over"] = np.int64(len(s["model"]["params"]["conv_in"]["kernel"].sharding
                                                    .device_set))
 
     step_fn, s = results["one"]
     losses = [metrics["one"]["loss"]]
     for step in range(1, int(spec["loss_steps"])):
-        s, m = step_fn(s, *batch(step, mesh1))
+        s, m = step_fn(s, batch(step, mesh1))
         losses.append(m["loss"])
     out["losses"] = np.asarray(jax.device_get(losses), np.float64)
     np.savez(spec["out"], **out)

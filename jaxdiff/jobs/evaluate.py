@@ -15,7 +15,7 @@ reports, with the protocol stated next to every number:
 The feature network is trained once per dataset (``--mode=train_classifier``, or automatically
 when missing) into ``config.eval.feature_network_dir`` (default:
 ``$JAXDIFF_CACHE/feature_networks/<dataset>``, with JAXDIFF_CACHE defaulting to
-~/.cache/jaxdiff), saved with its SHA-256.  Reference statistics of the held-out split are stored
+~/.cache/jaxdiff), saved with its SHA-256 (``jaxdiff.classifier_train``).  Reference statistics of the held-out split are stored
 beside it with their own SHA-256, and are refused when either checksum does not match.
 Results go to ``<samples dir>/eval.json`` and ``eval.md``.
 """
@@ -24,49 +24,40 @@ from __future__ import annotations
 import json
 import os
 
+import ml_collections
 import numpy as np
 
 from jaxdiff import config as C
-from jaxdiff import sample as S
-from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.classifier_train import load_feature_network, train_classifier
-from jaxdiff.data import get_source
 from jaxdiff import metrics as M
+from jaxdiff.classifier_train import own_feature_network, train_feature_network
+from jaxdiff.data import get_source
+from jaxdiff.jobs import samples_io as IO
+from jaxdiff.jobs.spec import register_job
 
 
-def dataset_name(data_cfg) -> str:
-    return data_cfg.tfds_name if data_cfg.name == "tfds" else data_cfg.name
+def default_eval_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        feature_network_dir="",            # '' -> $JAXDIFF_CACHE/feature_networks/<dataset>
+        train_classifier_if_missing=True,
+        classifier_steps=1500, classifier_batch_size=128, classifier_seed=0,
+        inception_weights=""))             # pytorch-fid weights file ('' -> $JAXDIFF_INCEPTION_WEIGHTS)
 
 
-def feature_network_dir(config) -> str:
-    e = config.eval
-    if e.feature_network_dir:
-        return e.feature_network_dir
-    cache = os.environ.get("JAXDIFF_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "jaxdiff"))
-    return os.path.join(cache, "feature_networks", dataset_name(config.data).replace("/", "_"))
+def _check_eval(e, config, **_) -> None:
+    C.number(e.classifier_steps, "eval.classifier_steps", low=1, integer=True)
+    C.number(e.classifier_batch_size, "eval.classifier_batch_size", low=1, integer=True)
+    C.number(e.classifier_seed, "eval.classifier_seed", low=0, integer=True)
 
 
-def train_feature_network(config) -> dict:
+C.register_section("eval", defaults=default_eval_config, check=_check_eval)
+
+
+@register_job("train_classifier")
+def train_classifier_job(config, workdir: str) -> dict:
     """``--mode=train_classifier``: trains (or retrains) the dataset's own feature network."""
-    e = config.eval
-    out = feature_network_dir(config)
-    manifest = train_classifier(config.data, out, steps=int(e.classifier_steps),
-                                batch_size=int(e.classifier_batch_size), seed=int(e.classifier_seed))
-    print(f"feature network for {manifest['dataset']}: held-out accuracy "
-          f"{manifest['heldout_accuracy']:.4f}, sha256 {manifest['sha256'][:12]}..., in {out}",
-          flush=True)
-    return manifest
-
-
-def _feature_network(config):
-    path = feature_network_dir(config)
-    if not os.path.exists(os.path.join(path, "feature_network.json")):
-        if not config.eval.train_classifier_if_missing:
-            raise FileNotFoundError(f"no feature network in {path}: run --mode=train_classifier "
-                                    f"or set config.eval.train_classifier_if_missing=True")
-        train_feature_network(config)
-    return load_feature_network(path), path
+    del workdir
+    C.validate(config)
+    return train_feature_network(config)
 
 
 def _reference(network, directory: str, config, tag: str):
@@ -74,36 +65,13 @@ def _reference(network, directory: str, config, tag: str):
     path = os.path.join(directory, f"reference_{tag}_heldout.npz")
     if not os.path.exists(path):
         M.compute_reference(path, network, get_source(config.data, "heldout"),
-                            dataset=dataset_name(config.data), split="heldout")
+                            dataset=IO.dataset_name(config.data), split="heldout")
     return M.load_reference(path, network.checksum), path
-
-
-def samples_dir(config, workdir: str) -> str:
-    """The directory the sampling job with this config writes to."""
-    s = config.sample
-    if s.out_name:
-        return os.path.join(workdir, "samples", s.out_name)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    step = int(s.checkpoint_step)
-    if step < 0:
-        ckpt = Checkpointer(ckpt_dir, async_save=False) if os.path.isdir(ckpt_dir) else None
-        step = None if ckpt is None else ckpt.latest_step()
-        if ckpt is not None:
-            ckpt.close()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
-    source = get_source(config.data, "heldout")
-    proto = S.protocol(config, source.num_classes, source.image_shape, step)
-    return os.path.join(workdir, "samples", S.protocol_tag(proto))
-
-
-def _to_float(images_uint8: np.ndarray) -> np.ndarray:
-    return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
 def image_metrics(network, reference, images_uint8, labels) -> dict:
     """All metrics of one feature network for uint8 samples (N, H, W, C) with labels (N,)."""
-    feats, logits = network.features_and_logits(_to_float(images_uint8))
+    feats, logits = network.features_and_logits(IO.from_storage(images_uint8, "image"))
     mu, sigma = M.feature_statistics(feats)
     out = dict(fd=M.frechet_distance(mu, sigma, reference.mu, reference.sigma))
     if reference.features is not None:
@@ -116,15 +84,20 @@ def image_metrics(network, reference, images_uint8, labels) -> dict:
     return out, logits
 
 
+@register_job("eval")
 def evaluate_job(config, workdir: str) -> dict:
     """Runs the metrics on the sampling job's shards; returns (and writes) the results."""
     C.validate(config)
-    out_dir = samples_dir(config, workdir)
+    heldout = get_source(config.data, "heldout")
+    out_dir = IO.samples_dir(config, workdir, heldout.num_classes, heldout.example_shape)
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"no samples in {out_dir}: run --mode=sample with this config "
                                 f"first")
-    images, labels, proto = S.load_samples(out_dir)
-    network, net_dir = _feature_network(config)
+    stored, labels, proto = IO.load_samples(out_dir)
+    if proto["kind"] != "image":
+        return _signal_evaluation(config, out_dir, stored, labels, proto)
+    images = stored
+    network, net_dir = own_feature_network(config)
     reference, ref_path = _reference(network, net_dir, config, "own")
     own, logits = image_metrics(network, reference, images, labels)
     results = dict(protocol=proto, samples_dir=out_dir, num_samples=int(len(images)),
@@ -152,7 +125,8 @@ def evaluate_job(config, workdir: str) -> dict:
         line += f"  class accuracy {results['class_accuracy']:.4f}"
     line += (f"  precision {own.get('precision', float('nan')):.3f}  recall "
              f"{own.get('recall', float('nan')):.3f}  ({len(images)} samples, "
-             f"{proto['sampler']} {proto['steps']} steps, CFG {proto['cfg_scale']:g}; "
+             f"{proto['sampler']} {proto['steps']} steps, guidance "
+             f"{IO.guidance_tag(proto['guidance'])}; "
              f"details in {os.path.join(out_dir, 'eval.md')})")
     print(line, flush=True)
     return results
@@ -168,9 +142,8 @@ def summary_markdown(r: dict) -> str:
         f"(EMA index {p['ema_index']}), labels {p['labels']}, seed {p['seed']} "
         f"(sample i uses fold_in(key(seed), i))",
         f"- sampler: {p['sampler']}, {p['steps']} steps on the {p['grid']} grid, NFE {p['nfe']} "
-        f"({p['network_evaluations_per_sample']} network evaluations per sample with CFG)",
-        f"- CFG scale {p['cfg_scale']} on t in ({p['guidance_interval'][0]}, "
-        f"{p['guidance_interval'][1]}]",
+        f"({p['network_evaluations_per_sample']} network evaluations per sample with guidance)",
+        f"- guidance: {_guidance_text(p['guidance'])}",
         f"- reference: {r['reference']['dataset']} {r['reference']['split']} split, "
         f"{r['reference']['count']} images ({r['reference']['path']})",
         f"- own feature network: {r['own_feature_network']['name']} "
@@ -191,3 +164,40 @@ def summary_markdown(r: dict) -> str:
     else:
         lines.append("| Inception FID | not computed (no pytorch-fid weights configured) |")
     return "\n".join(lines) + "\n"
+
+
+def _guidance_text(g: dict) -> str:
+    if g["name"] == "cfg":
+        return f"CFG scale {g['scale']} on t in ({g['t_lo']}, {g['t_hi']}]"
+    fields = ", ".join(f"{k}={v}" for k, v in sorted(g.items()) if k != "name")
+    return g["name"] + (f" ({fields})" if fields else "")
+
+
+def _signal_evaluation(config, out_dir: str, samples, labels, proto) -> dict:
+    """Metrics of non-image samples (signals): FD and RBF-MMD on the raw values against the
+    held-out split, and class accuracy under a classifier fitted on the training split."""
+    from jaxdiff.metrics.signals import signal_metrics
+
+    heldout = get_source(config.data, "heldout")
+    reference = heldout.get(np.arange(len(heldout)))[0]
+    metrics = signal_metrics(samples, labels, reference, get_source(config.data, "train"))
+    results = dict(protocol=proto, samples_dir=out_dir, num_samples=int(len(samples)),
+                   reference=dict(dataset=IO.dataset_name(config.data), split="heldout",
+                                  count=int(len(reference))),
+                   signal_metrics=metrics)
+    if "class_accuracy" in metrics:
+        results["class_accuracy"] = metrics["class_accuracy"]
+    with open(os.path.join(out_dir, "eval.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    lines = ["# Evaluation (signals)", "", f"- samples: {len(samples)} from checkpoint step "
+             f"{proto['checkpoint_step']}, {proto['sampler']} {proto['steps']} steps, guidance: "
+             f"{_guidance_text(proto['guidance'])}",
+             f"- reference: {results['reference']['dataset']} held-out split, "
+             f"{len(reference)} examples", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float)]
+    with open(os.path.join(out_dir, "eval.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+          + f"  ({len(samples)} samples; details in {os.path.join(out_dir, 'eval.md')})",
+          flush=True)
+    return results

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import losses, parameterization as P, schedules
+from jaxdiff import parameterization as P, schedules
+from jaxdiff.objectives import denoising as losses
 from jaxdiff.denoiser import Denoiser
 from jaxdiff.toy import gmm as G
 

@@ -15,15 +15,50 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from jaxdiff import classify as DC
 from jaxdiff import config as C
 from jaxdiff import parallel
+from jaxdiff.classifier_train import own_feature_network
 from jaxdiff.data import get_source
-from jaxdiff.evaluate import _feature_network, dataset_name
-from jaxdiff.sample import checkpoint_dir, restore_params
-from jaxdiff.train import build_setup
+from jaxdiff.errors import ConfigError
+from jaxdiff.jobs.samples_io import dataset_name
+from jaxdiff.jobs.spec import build_spec, checkpoint_dir, register_job, restore_model
+
+
+def default_classify_config() -> ml_collections.ConfigDict:
+    """``--mode=classify``: the Diffusion Classifier protocol."""
+    return ml_collections.ConfigDict(dict(
+        num_images=1000,                   # N held-out images, evenly strided through the split
+        candidates=(),                     # candidate classes; () = every class
+        n_samples=(8, 48),                 # cumulative bank sizes per stage (Li et al. Sec. 3.2)
+        keep=(3, 1),                       # survivors after each stage
+        loss="l2", weighting="uniform", grid="stratified", time_space="t",
+        batch_size=50, chunk_size=64, seed=0))
+
+
+def _check_classify(c, config, **_) -> None:
+    for field in ("num_images", "batch_size", "chunk_size"):
+        C.number(c[field], f"classify.{field}", low=1, integer=True)
+    try:
+        DC.plan_stages(tuple(c.n_samples), tuple(c.keep), 2)
+    except ValueError as e:
+        raise ConfigError(f"config.classify.n_samples / keep: {e}") from None
+    for field, allowed in (("loss", DC.LOSSES), ("weighting", DC.WEIGHTINGS),
+                           ("grid", DC.GRIDS), ("time_space", DC.TIME_SPACES)):
+        C.choice(c[field], f"classify.{field}", allowed)
+    if c.weighting == "elbo" and c.loss != "l2":
+        raise ConfigError("config.classify.weighting: 'elbo' needs loss 'l2' (the ELBO is a "
+                          f"squared error), got loss {c.loss!r}")
+    if len(c.candidates) == 1 or any(isinstance(v, bool) or not isinstance(v, int)
+                                     for v in c.candidates):
+        raise ConfigError(f"config.classify.candidates: give () for every class or at least "
+                          f"two int class indices, got {tuple(c.candidates)}")
+
+
+C.register_section("classify", defaults=default_classify_config, check=_check_classify)
 
 
 def protocol(cc) -> dict:
@@ -48,36 +83,31 @@ def candidate_classes(cc, num_classes: int) -> np.ndarray:
     try:
         return DC.check_candidates(cand, num_classes)
     except ValueError as e:
-        raise ValueError(f"config.classify.candidates: {e}") from None
+        raise ConfigError(f"config.classify.candidates: {e}") from None
 
 
-def trained_denoiser(config, workdir: str, source):
-    """The conditional Denoiser of ``WORKDIR``'s latest checkpoint (EMA ``config.sample.ema_index``)
-    for a dataset ``source``; returns (denoiser, checkpoint step)."""
-    checkpoint_dir(workdir)
-    setup, state = build_setup(config, source.num_classes, source.image_shape)
-    params, step = restore_params(config, workdir, setup, state)
-    return setup.denoiser(params), step
-
-
+@register_job("classify")
 def classify_job(config, workdir: str) -> dict:
     C.validate(config)
     cc = config.classify
     source = get_source(config.data, "heldout")
     if source.num_classes < 2:
-        raise ValueError("config.data: the diffusion classifier needs a class-conditional "
+        raise ConfigError("config.data: the diffusion classifier needs a class-conditional "
                          f"model, but {source.name} has {source.num_classes} class(es)")
     candidates = candidate_classes(cc, source.num_classes)
     pool = np.arange(len(source))
     if candidates.size < source.num_classes:  # only images of the candidate classes
         pool = pool[np.isin(source.get(pool)[1], candidates)]
     if pool.size == 0:
-        raise ValueError(f"config.classify.candidates: no held-out image of {source.name} has "
+        raise ConfigError(f"config.classify.candidates: no held-out image of {source.name} has "
                          f"one of the classes {candidates.tolist()}")
     subset = pool[heldout_subset(int(cc.num_images), pool.size)]
     n = subset.size
     mesh = parallel.make_mesh(config.mesh)
-    den, step = trained_denoiser(config, workdir, source)
+    checkpoint_dir(workdir)
+    spec = build_spec(config, source.num_classes, source.example_shape)
+    params, step = restore_model(spec, workdir)
+    den = spec.denoiser(params)
     key = jax.random.key(int(cc.seed))
     preds, labels_all, nfe = [], [], None
     from tqdm import tqdm
@@ -97,7 +127,7 @@ def classify_job(config, workdir: str) -> dict:
     pred, labels = np.concatenate(preds), np.concatenate(labels_all)
     confusion = np.zeros((source.num_classes,) * 2, np.int64)
     np.add.at(confusion, (labels, pred), 1)
-    network, _ = _feature_network(config)
+    network, _ = own_feature_network(config)
     disc = candidates[np.argmax(network.logits(source.get(subset)[0])[:, candidates], -1)]
     proto = protocol(cc)
     result = dict(protocol=proto, checkpoint_step=step, dataset=dataset_name(config.data),

@@ -1,4 +1,5 @@
-"""Denoising losses: timestep samplers, condition dropout and weighted regression.
+"""Denoising score matching (Ho et al. 2020; Kingma et al. 2023; Karras et al. 2022): the
+``denoising`` objective, with its timestep samplers, condition dropout and weightings.
 
 For x0 ~ data, t ~ p(t), eps ~ N(0, I), x_t = alpha_t x0 + sigma_t eps, the loss is
 
@@ -29,8 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff import parameterization as P
+from jaxdiff.cond import drop_condition
 from jaxdiff.denoiser import Denoiser, batch_times
-from jaxdiff.schedules import Schedule, VPLinear
+from jaxdiff.objectives.base import Objective, register_objective
+from jaxdiff.rng import example_keys
+from jaxdiff.schedules import Schedule, VPLinear, diffuse
 
 Array = jax.Array
 TIME_SAMPLERS = ("uniform", "discrete", "lognormal")
@@ -52,15 +56,6 @@ def sample_times(key: Array, schedule: Schedule, kind: str = "uniform", *,
         t = schedule.t_from_sigma_ve(jnp.exp(log_sigma))
         return jnp.clip(t, lo, hi)
     raise ValueError(f"unknown time sampler {kind!r}; choose one of {TIME_SAMPLERS}")
-
-
-def drop_condition(keep: Array, cond: Any, null: Any) -> Any:
-    """Replaces cond by ``null`` where ``keep`` (B,) is False; null broadcasts per leaf."""
-    def one(c, n):
-        n = jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape)
-        return jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, n)
-
-    return jax.tree_util.tree_map(one, cond, null)
 
 
 def denoising_loss(denoiser: Denoiser, x0: Array, cond: Any, key: Array, *,
@@ -89,8 +84,7 @@ def denoising_loss(denoiser: Denoiser, x0: Array, cond: Any, key: Array, *,
     if indices is None:
         indices = jnp.arange(b)
     key_examples, key_dropout = jax.random.split(key)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key_examples, i))(
-        jnp.asarray(indices, jnp.uint32))
+    keys = example_keys(key_examples, indices)
     parts = jax.vmap(lambda k: jax.random.split(k, 3))(keys)               # (B, 3) keys
     sched, param = denoiser.schedule, denoiser.param
     t = jax.vmap(lambda k: sample_times(k, sched, time_sampler, p_mean=p_mean,
@@ -103,8 +97,7 @@ def denoising_loss(denoiser: Denoiser, x0: Array, cond: Any, key: Array, *,
         cond = drop_condition(keep, cond, null)
     t = batch_times(t, x0)
     alpha, sigma = sched.alpha_sigma(t)
-    x_t = alpha.reshape((-1,) + (1,) * (x0.ndim - 1)) * x0 + \
-        sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * eps
+    x_t = diffuse(sched, x0, t, eps)
     net_kwargs = {"dropout_key": key_dropout} if dropout else {}
     out = denoiser.network_output(x_t, t, cond, **net_kwargs).astype(jnp.float32)
     target = param.target(x0, eps, alpha, sigma)
@@ -113,3 +106,26 @@ def denoising_loss(denoiser: Denoiser, x0: Array, cond: Any, key: Array, *,
     se = jnp.mean((out - target) ** 2, axis=tuple(range(1, x0.ndim)))
     per_example = w * se
     return jnp.mean(per_example), {"loss_per_example": per_example, "t": t}
+
+
+class DenoisingObjective(Objective):
+    """``config.objective.name = 'denoising'``: ``denoising_loss`` with the fields of
+    ``config.diffusion`` (weighting, time sampler, CFG dropout ``p_uncond``) on the run's
+    Denoiser; no extra state."""
+
+    def __init__(self, spec, config):
+        d = config.diffusion
+        self.spec = spec
+        self.kwargs = dict(weighting=d.weighting, time_sampler=d.time_sampler,
+                           p_uncond=float(d.p_uncond), null=spec.null,
+                           min_snr_gamma=float(d.min_snr_gamma), p_mean=float(d.p_mean),
+                           p_std=float(d.p_std), dropout=float(config.model.dropout) > 0)
+
+    def loss(self, params, extra, batch, key, step):
+        del extra, step
+        loss, _ = denoising_loss(self.spec.denoiser(params), batch["x"],
+                                 self.spec.condition(batch["label"]), key, **self.kwargs)
+        return loss, {}
+
+
+register_objective("denoising")(DenoisingObjective)

@@ -1,13 +1,16 @@
-"""The training job: sharded jit training with EMA, checkpoints, logging and preview grids.
+"""The training job: any registered objective, sharded jit steps, EMA, checkpoints, previews.
 
-State (a pytree; everything a resumed run needs, so it continues bit-for-bit):
-  step       int32 ()           optimizer steps taken
-  params     pure dict          network parameters (float32), from ``nnx.split``
-  opt_state  optax state
-  ema        tuple of pure dicts, one per ``config.train.ema_decays``
-  rng        PRNG key           the run's base key; step s uses fold_in(rng, s)
+State (a pytree of two parts, the two checkpoint items; everything a resumed run needs, so it
+continues bit-for-bit):
+  model   dict(params=pure dict of the network's float32 parameters,
+               ema=tuple of pure dicts, one per ``config.train.ema_decays``)
+  train   dict(step=int32 () optimizer steps taken, opt_state=optax state,
+               rng=PRNG key (step s uses fold_in(rng, s)), extra=the objective's own state)
 
-The data position is the step (``jaxdiff.data.BatchSampler`` is stateless), so checkpointing the
+The objective (``config.objective.name``, ``jaxdiff.objectives``) gives the loss and may carry
+extra networks (a frozen teacher; a second trained network with its own optimizer state) in
+``train.extra``.  The data position is the step (``jaxdiff.data.BatchSampler`` is stateless and
+the grain pipeline reads the batches of steps [start, num_steps) in order), so checkpointing the
 state checkpoints the data iterator too.
 
 EMA with warm-up: decay_s = min(decay, (1 + s) / (10 + s)) (as in TF's ExponentialMovingAverage
@@ -24,19 +27,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
 from jaxdiff import config as C
 from jaxdiff import images as I
-from jaxdiff import losses, parallel, samplers
-from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.data import BatchSampler, get_source, load_batch
-from jaxdiff.denoiser import Denoiser, NNXApply
-from jaxdiff.guidance import CFG
-from jaxdiff.models import build_model
+from jaxdiff import parallel, samplers
+from jaxdiff.data import BatchSampler, batch_iterator, get_source
+from jaxdiff.jobs.spec import RunSpec, build_spec, open_checkpoints, register_job
+from jaxdiff.objectives import Objective, build_objective
 
 Array = jax.Array
 
@@ -61,6 +60,7 @@ def learning_rate_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
 
 def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformation,
                                                         optax.Schedule]:
+    """Gradient clipping (if > 0) then AdamW on the learning-rate schedule."""
     lr = learning_rate_schedule(optim_cfg, num_steps)
     parts = []
     if optim_cfg.grad_clip > 0:
@@ -71,87 +71,79 @@ def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformat
 
 
 @dataclasses.dataclass(frozen=True)
-class Setup:
-    """Everything static about a run (built once, before compiling)."""
+class Trainer:
+    """Everything static about a training run (built once, before compiling)."""
 
-    config: ml_collections.ConfigDict
-    graphdef: Any
-    schedule: Any
-    param: Any
-    num_classes: int
-    data_shape: tuple[int, int, int]
+    spec: RunSpec
+    objective: Objective
     optimizer: optax.GradientTransformation
     lr_schedule: optax.Schedule
 
-    def denoiser(self, params) -> Denoiser:
-        return Denoiser(NNXApply(self.graphdef), params, self.schedule, self.param)
+    @property
+    def config(self):
+        return self.spec.config
 
 
-def build_setup(config, num_classes: int, data_shape) -> tuple[Setup, dict]:
-    """Builds the network and optimizer; returns (setup, freshly initialised state)."""
-    net = build_model(config.model, data_shape, num_classes, rngs=nnx.Rngs(config.seed))
-    graphdef, state = nnx.split(net)
-    params = nnx.to_pure_dict(state)
+def build_trainer(config, num_classes: int, example_shape) -> tuple[Trainer, dict]:
+    """Builds the run; returns (trainer, freshly initialised state)."""
+    spec = build_spec(config, num_classes, example_shape)
+    params = spec.init_params()
     optimizer, lr = make_optimizer(config.optim, int(config.train.num_steps))
-    setup = Setup(config=config, graphdef=graphdef, schedule=C.build_schedule(config.diffusion),
-                  param=C.build_parameterization(config.diffusion), num_classes=num_classes,
-                  data_shape=tuple(data_shape), optimizer=optimizer, lr_schedule=lr)
-    train_state = dict(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-        ema=tuple(jax.tree.map(jnp.copy, params) for _ in config.train.ema_decays),
-        rng=jax.random.key(int(config.seed) + 1))
-    return setup, train_state
+    objective = build_objective(spec, config)
+    rng = jax.random.key(int(config.seed) + 1)
+    extra = objective.init(params, jax.random.key(int(config.seed) + 2))
+    state = dict(
+        model=dict(params=params,
+                   ema=tuple(jax.tree.map(jnp.copy, params) for _ in config.train.ema_decays)),
+        train=dict(step=jnp.zeros((), jnp.int32), opt_state=optimizer.init(params), rng=rng,
+                   extra=extra))
+    return Trainer(spec, objective, optimizer, lr), state
 
 
-def _condition(setup: Setup, labels: Array):
-    return labels if setup.num_classes > 0 else None
+def make_train_step(trainer: Trainer):
+    """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
 
-
-def make_train_step(setup: Setup):
-    """Returns the pure ``train_step(state, images, labels) -> (state, metrics)``.
-
-    images: (B, H, W, C) float32 in [-1, 1]; labels: (B,) int32.  Example j of the global batch
-    draws its time / noise / condition dropout from fold_in(fold_in(rng, step), j).
+    batch: dict(x=(B, ...) float32 examples, label=(B,) int32).  The objective's loss gets the
+    step's key fold_in(rng, step); example j of the global batch draws its own randomness from
+    fold_in of that key with j (``jaxdiff.rng``).
     """
-    cfg = setup.config
-    d = cfg.diffusion
+    cfg = trainer.config
     decays = tuple(float(x) for x in cfg.train.ema_decays)
     warmup = bool(cfg.train.ema_warmup)
-    dropout = float(cfg.model.dropout) > 0
+    objective = trainer.objective
 
-    def loss_fn(params, images, labels, key):
-        return losses.denoising_loss(
-            setup.denoiser(params), images, _condition(setup, labels), key,
-            weighting=d.weighting, time_sampler=d.time_sampler, p_uncond=float(d.p_uncond),
-            null=setup.num_classes, min_snr_gamma=float(d.min_snr_gamma),
-            p_mean=float(d.p_mean), p_std=float(d.p_std), dropout=dropout)
-
-    def train_step(state, images, labels):
-        key = jax.random.fold_in(state["rng"], state["step"])
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], images, labels, key)
-        updates, opt_state = setup.optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        step = state["step"] + 1
+    def train_step(state, batch):
+        model, tr = state["model"], state["train"]
+        step = tr["step"]
+        key = jax.random.fold_in(tr["rng"], step)
+        (loss, obj_metrics), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+            model["params"], tr["extra"], batch, key, step)
+        updates, opt_state = trainer.optimizer.update(grads, tr["opt_state"], model["params"])
+        params = optax.apply_updates(model["params"], updates)
+        new_step = step + 1
         ema = []
-        for decay, avg in zip(decays, state["ema"]):
+        for decay, avg in zip(decays, model["ema"]):
             if warmup:
-                decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+                decay = jnp.minimum(decay, (1.0 + new_step) / (10.0 + new_step))
             ema.append(jax.tree.map(lambda a, p, dec=decay: dec * a + (1.0 - dec) * p, avg, params))
-        metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
-                       lr=setup.lr_schedule(state["step"]))
-        return dict(step=step, params=params, opt_state=opt_state, ema=tuple(ema),
-                    rng=state["rng"]), metrics
+        extra, extra_metrics = objective.update_extra(
+            tr["extra"], params, batch, jax.random.fold_in(key, 1), step)
+        metrics = dict(obj_metrics, **extra_metrics, loss=loss,
+                       grad_norm=optax.global_norm(grads), lr=trainer.lr_schedule(step))
+        return dict(model=dict(params=params, ema=tuple(ema)),
+                    train=dict(step=new_step, opt_state=opt_state, rng=tr["rng"],
+                               extra=extra)), metrics
 
     return train_step
 
 
 def state_shardings(state, mesh, rule: str):
-    """Shardings for the train state: arrays by the parameter rule, scalars / keys replicated."""
+    """Shardings for the state: arrays by the parameter rule, the step and key replicated."""
     rep = parallel.replicated(mesh)
-    return dict(step=rep, params=parallel.param_shardings(mesh, state["params"], rule),
-                opt_state=parallel.param_shardings(mesh, state["opt_state"], rule),
-                ema=parallel.param_shardings(mesh, state["ema"], rule), rng=rep)
+    by_rule = lambda tree: parallel.param_shardings(mesh, tree, rule)  # noqa: E731
+    return dict(model=by_rule(state["model"]),
+                train=dict(step=rep, opt_state=by_rule(state["train"]["opt_state"]), rng=rep,
+                           extra=by_rule(state["train"]["extra"])))
 
 
 def place_state(state, shard):
@@ -173,11 +165,11 @@ def place_state(state, shard):
     return jax.tree.map(one, state, shard)
 
 
-def compile_train_step(setup: Setup, state, mesh):
+def compile_train_step(trainer: Trainer, state, mesh):
     """jit with the state donated and its shardings pinned; batch sharded over the mesh."""
-    shard = state_shardings(state, mesh, setup.config.mesh.param_rule)
+    shard = state_shardings(state, mesh, trainer.config.mesh.param_rule)
     batch = parallel.batch_sharding(mesh)
-    return jax.jit(make_train_step(setup), in_shardings=(shard, batch, batch),
+    return jax.jit(make_train_step(trainer), in_shardings=(shard, batch),
                    out_shardings=(shard, parallel.replicated(mesh)), donate_argnums=(0,)), shard
 
 
@@ -185,36 +177,38 @@ def compile_train_step(setup: Setup, state, mesh):
 # preview sampling
 # ------------------------------------------------------------------------------------------------
 
-def preview_params(state, ema_index: int):
-    return state["params"] if ema_index < 0 else state["ema"][ema_index]
+def preview_params(model, ema_index: int):
+    """The raw parameters (ema_index -1) or EMA ``ema_index`` of a ``model`` item."""
+    return model["params"] if ema_index < 0 else model["ema"][ema_index]
 
 
-def preview_samples(setup: Setup, params, per_class: int | None = None) -> tuple[Array, Array]:
-    """Samples ``per_class`` images of every class (class-major), with CFG from the config.
+def preview_samples(spec: RunSpec, params, per_class: int | None = None) -> tuple[Array, Array]:
+    """Samples ``per_class`` examples of every class (class-major), guided by the config.
 
-    Returns (images (N, H, W, C) float32, labels (N,) int32); unconditional models give
-    ``per_class ** 2`` images with label 0.
+    Returns (samples (N, *example_shape) float32 clipped to [-1, 1], labels (N,) int32);
+    unconditional models give ``per_class ** 2`` samples with label 0.
     """
-    s = setup.config.sample
+    s = spec.config.sample
     per_class = int(s.grid_per_class if per_class is None else per_class)
-    den = setup.denoiser(params)
-    if setup.num_classes > 0:
-        labels = jnp.repeat(jnp.arange(setup.num_classes, dtype=jnp.int32), per_class)
-        den = CFG(den, scale=float(s.cfg_scale), null=setup.num_classes)
-        cond = labels
+    if spec.num_classes > 0:
+        labels = jnp.repeat(jnp.arange(spec.num_classes, dtype=jnp.int32), per_class)
     else:
         labels = jnp.zeros((per_class * per_class,), jnp.int32)
-        cond = None
-    out = samplers.sample(den, jax.random.key(int(s.seed)), (labels.shape[0],) + setup.data_shape,
-                          sampler=s.sampler, steps=int(s.steps), grid=s.grid, cond=cond)
+    out = samplers.sample(spec.guided(params), jax.random.key(int(s.seed)),
+                          (labels.shape[0],) + spec.example_shape, sampler=s.sampler,
+                          steps=int(s.steps), grid=s.grid, cond=spec.condition(labels),
+                          **dict(s.options))
     return jnp.clip(out.x0, -1.0, 1.0), labels
 
 
-def write_preview(setup: Setup, state, path: str) -> str:
-    s = setup.config.sample
-    imgs, _ = preview_samples(setup, preview_params(state, int(s.ema_index)))
-    rows = setup.num_classes if setup.num_classes > 0 else int(s.grid_per_class)
-    upscale = max(1, 64 // setup.data_shape[0])
+def write_preview(spec: RunSpec, model, path: str) -> str | None:
+    """A PNG grid of preview samples (one row per class) for image data; None otherwise."""
+    if len(spec.example_shape) != 3:
+        return None
+    s = spec.config.sample
+    imgs, _ = preview_samples(spec, preview_params(model, int(s.ema_index)))
+    rows = spec.num_classes if spec.num_classes > 0 else int(s.grid_per_class)
+    upscale = max(1, 64 // spec.example_shape[0])
     return I.save_grid(path, np.asarray(jax.device_get(imgs)), rows=rows, upscale=upscale)
 
 
@@ -251,6 +245,23 @@ def _log_line(step: int, num_steps: int, m: dict, steps_per_s: float, batch: int
             f"lr {m['lr']:.2e}  {steps_per_s:.2f} steps/s  {steps_per_s * batch:.1f} images/s")
 
 
+def _restore_state(ckpt, state, shard):
+    """The latest checkpoint restored onto the state's shardings."""
+    from jaxdiff.checkpoint import CheckpointFormatError
+    from jaxdiff.jobs.spec import old_layout_message
+
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                            if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                            else x, state, shard)
+    try:
+        restored, _ = ckpt.restore(target=abstract)
+    except CheckpointFormatError:
+        raise CheckpointFormatError(old_layout_message(ckpt.directory,
+                                                       ckpt.latest_step())) from None
+    return restored
+
+
+@register_job("train")
 def train(config, workdir: str) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns a summary dict (also written as
     ``workdir/train_summary.json``)."""
@@ -258,35 +269,39 @@ def train(config, workdir: str) -> dict:
     parallel.maybe_initialize_distributed(config)
     mesh = parallel.make_mesh(config.mesh)
     tc = config.train
-    C.validate(config, device_count=mesh.size)
     source = get_source(config.data, "train")
-    # Validate against the data before build_setup: initialising the network already compiles.
-    C.validate(config, num_classes=source.num_classes, data_shape=source.image_shape,
+    # Validate against the data and devices before building: initialising already compiles.
+    C.validate(config, num_classes=source.num_classes, example_shape=source.example_shape,
                device_count=mesh.size)
-    setup, state = build_setup(config, source.num_classes, source.image_shape)
+    trainer, state = build_trainer(config, source.num_classes, source.example_shape)
+    spec = trainer.spec
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    step_fn, shard = compile_train_step(setup, state, mesh)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(tc.keep_checkpoints),
-                        save_interval_steps=int(tc.checkpoint_every) or 10**12)
+    step_fn, shard = compile_train_step(trainer, state, mesh)
+    ckpt = open_checkpoints(workdir, max_to_keep=int(tc.keep_checkpoints),
+                            save_interval_steps=int(tc.checkpoint_every) or 10**12)
     start = 0
     if ckpt.latest_step() is not None:
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                                if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                                else x, state, shard)
-        state, _ = ckpt.restore(target=abstract)
-        start = int(jax.device_get(state["step"]))
+        state = _restore_state(ckpt, state, shard)
+        start = int(jax.device_get(state["train"]["step"]))
         if is_main:
             print(f"resumed from {ckpt.directory} at step {start}", flush=True)
     state = place_state(state, shard)
 
+    num_steps = int(tc.num_steps)
     sampler = BatchSampler(num_examples=len(source), global_batch_size=int(tc.batch_size),
                            seed=int(config.seed), process_index=jax.process_index(),
                            process_count=jax.process_count())
+    batches = None
+    if start < num_steps:
+        batches = batch_iterator(source, sampler, start_step=start, num_steps=num_steps - start,
+                                 random_flip=bool(config.data.random_flip),
+                                 num_threads=int(config.data.num_threads),
+                                 prefetch_batches=int(config.data.prefetch_batches))
     writer = None
     if is_main:
         from tensorboardX import SummaryWriter
@@ -294,10 +309,8 @@ def train(config, workdir: str) -> dict:
     bar = None
     if is_main and tc.progress_bar:
         from tqdm import tqdm
-        bar = tqdm(total=int(tc.num_steps), initial=start, desc="train", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
-    num_steps = int(tc.num_steps)
     deadline = time.time() + 60 * float(tc.time_limit_minutes) if tc.time_limit_minutes else None
     step = start
     t_last, step_last, last_metrics = time.time(), start, None
@@ -306,10 +319,10 @@ def train(config, workdir: str) -> dict:
     compile_s = None
     with _StopFlag() as stop:
         while step < num_steps:
-            images, labels = load_batch(source, sampler, step, bool(config.data.random_flip))
-            batch = parallel.global_batch((images, labels), mesh)
+            x, labels = next(batches)
+            batch = parallel.global_batch(dict(x=x, label=labels), mesh)
             t0 = time.time()
-            state, metrics = step_fn(state, *batch)
+            state, metrics = step_fn(state, batch)
             step += 1
             if compile_s is None:
                 jax.block_until_ready(metrics)
@@ -318,6 +331,8 @@ def train(config, workdir: str) -> dict:
                 bar.update(1)
             if tc.log_every and (step % tc.log_every == 0 or step == num_steps):
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                state["train"]["extra"] = place_state(trainer.objective.host_update(
+                    state["train"]["extra"], step, m), shard["train"]["extra"])
                 now = time.time()
                 rate = (step - step_last) / max(now - t_last, 1e-9)
                 t_last, step_last, last_metrics = now, step, m
@@ -331,8 +346,8 @@ def train(config, workdir: str) -> dict:
             if ckpt.save(step, state):
                 saved_step = step
             if tc.sample_every and step % tc.sample_every == 0 and step < num_steps and is_main:
-                write_preview(setup, state, os.path.join(workdir, "samples",
-                                                         f"step_{step:07d}.png"))
+                write_preview(spec, state["model"], os.path.join(workdir, "samples",
+                                                                 f"step_{step:07d}.png"))
             if stop.signal is not None:
                 reason = f"signal {stop.signal}"
                 break
@@ -346,7 +361,8 @@ def train(config, workdir: str) -> dict:
         bar.close()
     grid_path = None
     if is_main and stop.signal is None:
-        grid_path = write_preview(setup, state, os.path.join(workdir, "samples", "final.png"))
+        grid_path = write_preview(spec, state["model"],
+                                  os.path.join(workdir, "samples", "final.png"))
     summary = dict(step=step, num_steps=num_steps, stopped=reason, last_metrics=last_metrics,
                    first_step_seconds_incl_compile=compile_s, sample_grid=grid_path,
                    devices=jax.device_count(), processes=jax.process_count())
@@ -359,3 +375,8 @@ def train(config, workdir: str) -> dict:
               + (f"; samples in {grid_path}" if grid_path else ""), flush=True)
     ckpt.close()
     return summary
+
+
+__all__ = ["Trainer", "build_trainer", "compile_train_step", "learning_rate_schedule",
+           "make_optimizer", "make_train_step", "place_state", "preview_params",
+           "preview_samples", "state_shardings", "train", "write_preview"]

@@ -1,0 +1,196 @@
+"""The run spec: what every job knows about a run, built once from its config and data.
+
+``RunSpec`` holds the network definition (built abstractly with ``nnx.eval_shape``: no weights
+are allocated until a job asks for them), the schedule, the parameterization, the classes and
+the example shape.  From it:
+
+  spec.init_params()                    freshly initialised parameters (training from scratch)
+  spec.denoiser(params)                 the run's Denoiser
+  spec.guided(params)                   the Denoiser wrapped by ``config.guidance``
+  restore_model(spec, workdir, step)    (parameters of ``config.sample.ema_index``, step) from
+                                        the checkpoint's ``model`` item alone: no optimizer state
+  load_denoiser(config, workdir)        (denoiser, step) for a trained workdir in one call
+
+Checkpoints (``WORKDIR/checkpoints/<step>/``) hold two items: ``model`` = dict(params, ema) and
+``train`` = dict(step, opt_state, rng, extra).  Jobs that only use a model restore ``model``.
+
+``JOBS`` is the registry the command line reads: every job module registers
+``run(config, workdir)`` under its mode name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+from flax import nnx
+
+from jaxdiff import parameterization as P
+from jaxdiff import schedules
+from jaxdiff.checkpoint import Checkpointer, CheckpointFormatError
+from jaxdiff.denoiser import Denoiser, NNXApply
+from jaxdiff.errors import ConfigError
+from jaxdiff.registry import Registry
+
+JOBS = Registry("job")
+CHECKPOINT_ITEMS = ("model", "train")
+
+
+def register_job(name: str):
+    """Registers ``run(config, workdir) -> dict`` as the job ``--mode=name``."""
+    return JOBS.register(name)
+
+
+def build_schedule(diffusion_cfg) -> schedules.Schedule:
+    try:
+        return schedules.get_schedule(diffusion_cfg.schedule, **dict(diffusion_cfg.schedule_kwargs))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.diffusion.schedule: {e}") from None
+
+
+def build_parameterization(diffusion_cfg) -> P.Parameterization:
+    try:
+        return P.Parameterization(diffusion_cfg.parameterization, float(diffusion_cfg.sigma_data))
+    except ValueError as e:
+        raise ConfigError(f"config.diffusion.parameterization: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything static about a run.
+
+    config: the experiment config.
+    graphdef: the network's NNX graph definition (static).
+    abstract_params: pytree of ``jax.ShapeDtypeStruct``, the network parameters' layout.
+    schedule, param: the noise process and the parameterization.
+    num_classes: K (0: unconditional); class index K is the null condition.
+    example_shape: shape of one example, any rank ((H, W, C) images, (L, C) signals).
+    """
+
+    config: Any
+    graphdef: Any
+    abstract_params: Any
+    schedule: schedules.Schedule
+    param: P.Parameterization
+    num_classes: int
+    example_shape: tuple[int, ...]
+
+    @property
+    def null(self) -> int:
+        """The null condition: class index ``num_classes``."""
+        return int(self.num_classes)
+
+    def condition(self, labels):
+        """The network's condition for class labels (None for an unconditional model)."""
+        return labels if self.num_classes > 0 else None
+
+    def init_params(self):
+        """Freshly initialised parameters from ``config.seed`` (a pure dict)."""
+        net = _build_network(self.config, self.example_shape, self.num_classes)
+        return nnx.to_pure_dict(nnx.split(net)[1])
+
+    def denoiser(self, params) -> Denoiser:
+        return Denoiser(NNXApply(self.graphdef), params, self.schedule, self.param)
+
+    def guided(self, params, guidance_cfg=None):
+        """The Denoiser wrapped by the guidance transform ``config.guidance`` (or the given
+        section)."""
+        from jaxdiff.guidance import build_guidance
+
+        section = self.config.guidance if guidance_cfg is None else guidance_cfg
+        return build_guidance(self.denoiser(params), section, self)
+
+
+def _build_network(config, example_shape, num_classes):
+    from jaxdiff.models import build_model
+
+    return build_model(config.model, tuple(example_shape), int(num_classes),
+                       rngs=nnx.Rngs(int(config.seed)))
+
+
+def build_spec(config, num_classes: int, example_shape) -> RunSpec:
+    """The run spec for data with ``num_classes`` classes and examples of ``example_shape``;
+    the network is built abstractly (no parameter is allocated)."""
+    abstract = nnx.eval_shape(lambda: _build_network(config, example_shape, num_classes))
+    graphdef, state = nnx.split(abstract)
+    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
+                          nnx.to_pure_dict(state))
+    return RunSpec(config=config, graphdef=graphdef, abstract_params=params,
+                   schedule=build_schedule(config.diffusion),
+                   param=build_parameterization(config.diffusion), num_classes=int(num_classes),
+                   example_shape=tuple(int(d) for d in example_shape))
+
+
+def spec_for_data(config, split: str = "heldout"):
+    """(RunSpec, source) for the dataset of ``config.data`` (its ``split``)."""
+    from jaxdiff.data import get_source
+
+    source = get_source(config.data, split)
+    return build_spec(config, source.num_classes, source.example_shape), source
+
+
+def abstract_model(spec: RunSpec, num_ema: int | None = None) -> dict:
+    """The ``model`` item's layout: dict(params, ema=(one per config.train.ema_decays))."""
+    n = len(spec.config.train.ema_decays) if num_ema is None else num_ema
+    return dict(params=spec.abstract_params, ema=tuple(spec.abstract_params for _ in range(n)))
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """``workdir/checkpoints``; raises FileNotFoundError (naming the fix) when it is missing.
+    Jobs call it before building their network, so a wrong --workdir fails at once."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"no checkpoint directory {ckpt_dir}: train first "
+                                f"(--mode=train with the same --workdir)")
+    return ckpt_dir
+
+
+def open_checkpoints(workdir: str, **kwargs) -> Checkpointer:
+    """The run's Checkpointer (items ``model`` and ``train``)."""
+    return Checkpointer(os.path.join(workdir, "checkpoints"), items=CHECKPOINT_ITEMS, **kwargs)
+
+
+def old_layout_message(ckpt_dir: str, step: int) -> str:
+    return (f"checkpoint {step} in {ckpt_dir} has the layout of an earlier jaxdiff (one 'state' "
+            f"item, not 'model' + 'train'); train again into a new --workdir")
+
+
+def restore_model(spec: RunSpec, workdir: str, step: int | None = None,
+                  ema_index: int | None = None, shardings=None):
+    """Restores the ``model`` item of ``workdir``'s checkpoint ``step`` (default: the latest).
+
+    Returns (params, step): the EMA ``ema_index`` (default ``config.sample.ema_index``; -1 for
+    the raw parameters) as a pure dict, and the checkpoint's step.  No optimizer state is read
+    or allocated.  ``shardings``: optional pytree of shardings for the parameters.
+    """
+    checkpoint_dir(workdir)
+    ckpt = open_checkpoints(workdir, async_save=False)
+    try:
+        steps = ckpt.all_steps()
+        chosen = steps[-1] if (step is None and steps) else step
+        target = abstract_model(spec)
+        if shardings is not None:
+            target = dict(params=_with_shardings(target["params"], shardings),
+                          ema=tuple(_with_shardings(e, shardings) for e in target["ema"]))
+        try:
+            restored, _ = ckpt.restore(step=chosen, target=dict(model=target))
+        except CheckpointFormatError:
+            raise CheckpointFormatError(old_layout_message(ckpt.directory, chosen)) from None
+    finally:
+        ckpt.close()
+    index = int(spec.config.sample.ema_index if ema_index is None else ema_index)
+    model = restored["model"]
+    return (model["params"] if index < 0 else model["ema"][index]), int(chosen)
+
+
+def _with_shardings(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def load_denoiser(config, workdir: str, step: int | None = None, split: str = "heldout"):
+    """(Denoiser of the trained model in ``workdir``, checkpoint step), without guidance."""
+    spec, _ = spec_for_data(config, split)
+    params, step = restore_model(spec, workdir, step)
+    return spec.denoiser(params), step

@@ -1,0 +1,11 @@
+"""Training objectives: what the training job optimises (see ``objectives.base``).
+
+Importing this package registers every objective in ``OBJECTIVES``; ``config.objective.name``
+picks one.
+"""
+from jaxdiff.objectives import denoising  # noqa: F401  (registers 'denoising')
+from jaxdiff.objectives.base import (OBJECTIVES, Objective, build_objective, objective_config,
+                                     register_objective)
+
+__all__ = ["OBJECTIVES", "Objective", "build_objective", "objective_config",
+           "register_objective"]

@@ -1,0 +1,86 @@
+"""The training-objective protocol: what the training job optimises.
+
+An objective is registered in ``OBJECTIVES`` and picked by ``config.objective.name``; the
+training job builds it with ``build(spec, config)`` and calls only these methods:
+
+  init(params, key) -> extra
+      The objective's own state (any pytree, may be empty ``{}``): frozen networks (a teacher),
+      extra trained networks with their own optimizer state (SIM's fake score), and counters
+      or stage indices (a curriculum).  ``extra`` lives in the checkpoint's ``train`` item, is
+      restored bit-exactly on resume and sharded like the parameters.
+  loss(params, extra, batch, key, step) -> (loss, metrics)
+      The scalar the job differentiates with respect to ``params`` (the main network).
+      batch: dict(x=(B, ...) float32 examples, label=(B,) int32, index=(B,) int32 global
+      position of each example in the step's batch); key: the step's PRNG key, a pure function
+      of (seed, step); step: () int32.  metrics: dict of scalars.
+  update_extra(extra, params, batch, key, step) -> (extra, metrics)
+      Runs inside the same compiled step after the main update (``params`` are the new ones):
+      trains the extra networks, advances counters.  Default: unchanged.
+  host_update(extra, step, metrics) -> extra
+      Runs on the host after every step whose metrics were fetched (each ``train.log_every``
+      steps): the place for decisions a compiled step cannot take (a curriculum's
+      "the loss has plateaued, move to the next stage"). It must be a deterministic function
+      of its arguments so a resumed run decides the same. Default: unchanged.
+
+Every method is pure; all randomness comes from ``key``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from jaxdiff.registry import Registry
+
+Array = jax.Array
+
+OBJECTIVES = Registry("objective")
+
+
+class Objective:
+    """Base class with the default ``init`` / ``update_extra`` / ``host_update``."""
+
+    def init(self, params, key: Array) -> Any:
+        del params, key
+        return {}
+
+    def loss(self, params, extra, batch: dict, key: Array, step: Array) -> tuple[Array, dict]:
+        raise NotImplementedError
+
+    def update_extra(self, extra, params, batch: dict, key: Array, step: Array):
+        del params, batch, key, step
+        return extra, {}
+
+    def host_update(self, extra, step: int, metrics: dict):
+        del step, metrics
+        return extra
+
+
+def register_objective(name: str, *, defaults: Callable | None = None,
+                       check: Callable | None = None):
+    """Registers ``build(spec, config) -> Objective`` under ``name`` (a decorator).
+
+    defaults: () -> ConfigDict of the objective's own fields, merged into ``config.objective``.
+    check: check(section, config) raising ConfigError naming a bad ``config.objective`` field.
+    """
+    return OBJECTIVES.register(name, defaults=defaults, check=check)
+
+
+def objective_config(name: str = "denoising", **fields):
+    """A ``config.objective`` section: ``name`` plus the objective's default fields, updated by
+    ``fields`` (an unknown field raises ConfigError)."""
+    from jaxdiff.errors import ConfigError
+
+    section = OBJECTIVES.default_config(name, "objective.name")
+    section.name = name
+    for key, value in fields.items():
+        if key not in section:
+            raise ConfigError(f"config.objective.{key}: objective {name!r} has no such field; it "
+                              f"has {sorted(k for k in section if k != 'name')}")
+        section[key] = value
+    return section
+
+
+def build_objective(spec, config) -> Objective:
+    """The objective ``config.objective.name`` for the run ``spec``."""
+    return OBJECTIVES.entry(config.objective.name, "objective.name").obj(spec, config)
