@@ -107,7 +107,7 @@ def test_registered_guidance_reaches_the_sampling_job(reference, tmp_path_factor
     common = [f"--workdir={reference}", "--mode=sample", "--config.sample.num_samples=4",
               "--config.sample.shard_size=4", "--config.sample.steps=3"]
     runs = {"shift0": [], "plain": ["--config.guidance.name=none"],
-            "shift05": ["--config.guidance.shift=0.5"]}
+            "shift_down": ["--config.guidance.shift=-5.0"]}
     samples, manifests = {}, {}
     for name, flags in runs.items():
         proc = _cli(common + flags + [f"--config.sample.out_name={name}"], env)
@@ -116,7 +116,8 @@ def test_registered_guidance_reaches_the_sampling_job(reference, tmp_path_factor
         samples[name] = np.load(d / "shard_00000.npz")["samples"]
         manifests[name] = json.loads((d / "manifest.json").read_text())
     assert manifests["shift0"]["guidance"] == {"name": "toy_shift", "shift": 0.0}
-    assert manifests["shift05"]["guidance"] == {"name": "toy_shift", "shift": 0.5}
+    assert manifests["shift_down"]["guidance"] == {"name": "toy_shift", "shift": -5.0}
     assert manifests["plain"]["guidance"] == {"name": "none"}
     np.testing.assert_array_equal(samples["shift0"], samples["plain"])  # shift 0: identity
-    assert not np.array_equal(samples["shift05"], samples["plain"])
+    # x0_hat - 5 at every step: the (saturated, untrained) samples lose their white pixels
+    assert (samples["shift_down"] == 255).sum() < (samples["plain"] == 255).sum()
