@@ -263,6 +263,9 @@ def _set(**kw):
     ("dit", _set(num_heads=3), (8, 8, 1), K, "config.model.num_heads"),
     ("dit", _set(depth=0), (8, 8, 1), K, "config.model.depth"),
     ("dit", _set(mlp_ratio=0.0), (8, 8, 1), K, "config.model.mlp_ratio"),
+    ("dit", _set(), (16, 2), K, r"data_shape must be \(H, W, C\)"),
+    ("dit", lambda cfg: cfg.__setattr__("base_channels", 8), (8, 8, 1), K,
+     "config.model.base_channels: unknown field for network 'dit'"),
 ])
 def test_bad_config_raises_naming_the_field(name, mutate, data_shape, num_classes, match):
     cfg = tiny_config(name)
