@@ -2,6 +2,7 @@
 
   'unet'    U-Net of the DDPM++ / ADM family for (H, W, C) images   (``default_unet_config``)
   'dit'     Diffusion Transformer for (H, W, C) images               (``default_dit_config``)
+  'unet1d'  1-D residual U-Net for (L, C) signals                    (``default_unet1d_config``)
 
 Every network is called as ``net(x, c_noise, cond, dropout_key=None)`` with x of shape
 (B, *example_shape), c_noise of shape (B,), cond None / (B,) int class indices (index
@@ -20,9 +21,10 @@ from flax import nnx
 
 from jaxdiff.models.networks import NETWORKS, check_common
 # Each import registers its network (in this order: list(NETWORKS) is sorted).
-from jaxdiff.models import dit, unet  # noqa: E402,F401  (isort: skip)
+from jaxdiff.models import dit, unet, unet1d  # noqa: E402,F401  (isort: skip)
 from jaxdiff.models.dit import default_dit_config
 from jaxdiff.models.unet import default_unet_config
+from jaxdiff.models.unet1d import default_unet1d_config
 
 
 def check_model_config(cfg, data_shape, num_classes: int) -> None:
@@ -63,4 +65,4 @@ def build_model(model_cfg, data_shape, num_classes: int, rngs: nnx.Rngs) -> nnx.
 
 
 __all__ = ["NETWORKS", "build_model", "check_model_config", "default_dit_config",
-           "default_unet_config"]
+           "default_unet1d_config", "default_unet_config"]
