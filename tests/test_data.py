@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxdiff.data import (BatchSampler, DatasetNotPreparedError, batch_iterator,
-                          default_data_config, get_source, hflip, load_batch)
+from jaxdiff.data import (KINDS, ArraySource, BatchSampler, DatasetNotPreparedError,
+                          batch_iterator, default_data_config, get_source, hflip, infer_kind,
+                          load_batch)
 from jaxdiff.data.tfds_source import center_crop_resize
 
 SIZES = {("digits", "train"): 1500, ("digits", "heldout"): 297,
@@ -18,6 +19,7 @@ def test_embedded_shapes_dtypes_ranges_and_class_counts(name, split):
     src = get_source(default_data_config(name), split)
     side = {"digits": 8, "mnist5k": 32}[name]
     assert (len(src), src.image_shape, src.num_classes) == (SIZES[name, split], (side, side, 1), 10)
+    assert src.example_shape == src.image_shape and src.kind == "image"
     images, labels = src.get(np.arange(len(src)))
     assert images.shape == (len(src), side, side, 1) and images.dtype == np.float32
     assert labels.dtype == np.int32
@@ -75,6 +77,52 @@ def test_embedded_loads_are_cached_and_read_only():
     images, _ = a.get(np.array([3, 1]))
     images[:] = 0.0  # get returns a private copy
     assert a.images[3].min() == -1.0
+
+
+# --- ArraySource: any example shape ---------------------------------------------------------
+
+@pytest.mark.parametrize("shape,dtype,kind", [
+    ((5, 8, 8, 3), np.float32, "image"),
+    ((5, 64, 2), np.float32, "signal"),
+    ((5, 7), np.float32, "vector"),
+    ((5, 2, 3, 4, 2), np.float32, "array"),
+    ((5, 12), np.int32, "tokens"),
+    ((5, 4, 3), np.int32, "tokens"),
+])
+def test_array_source_accepts_any_rank_and_infers_its_kind(shape, dtype, kind):
+    data = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+    labels = np.array([0, 1, 2, 0, 1], np.int32)
+    src = ArraySource(name="toy", images=data, labels=labels, num_classes=3)
+    assert src.kind == kind == infer_kind(shape[1:], dtype) and kind in KINDS
+    assert src.example_shape == src.image_shape == shape[1:] and len(src) == 5
+    x, y = src.get(np.array([4, 0]))
+    assert x.dtype == dtype and x.shape == (2, *shape[1:])
+    np.testing.assert_array_equal(x, data[[4, 0]])
+    np.testing.assert_array_equal(y, [1, 0])
+    assert "array(" not in repr(src)  # the arrays stay out of the repr
+
+
+def test_array_source_rejects_bad_arrays_and_kinds():
+    labels = np.zeros((4,), np.int32)
+    with pytest.raises(ValueError, match="images"):
+        ArraySource("toy", np.zeros((4,), np.float32), labels, 1)       # no example axis
+    with pytest.raises(ValueError, match="images"):
+        ArraySource("toy", np.zeros((4, 3), np.float64), labels, 1)     # float64
+    with pytest.raises(ValueError, match="images"):
+        ArraySource("toy", np.zeros((4, 3), np.uint8), labels, 1)       # uint8
+    with pytest.raises(ValueError, match="labels"):
+        ArraySource("toy", np.zeros((4, 3), np.float32), labels[:3], 1)
+    with pytest.raises(ValueError, match="labels"):
+        ArraySource("toy", np.zeros((4, 3), np.float32), labels.astype(np.int64), 1)
+    with pytest.raises(ValueError, match="kind: 'image' does not fit"):
+        ArraySource("toy", np.zeros((4, 16, 2), np.float32), labels, 1, kind="image")
+    with pytest.raises(ValueError, match="kind: 'signal' does not fit"):
+        ArraySource("toy", np.zeros((4, 16, 2), np.int32), labels, 1, kind="signal")
+    with pytest.raises(ValueError, match="kind: unknown 'audio'"):
+        ArraySource("toy", np.zeros((4, 16, 2), np.float32), labels, 1, kind="audio")
+    # an explicit 'array' overrides the rank-based guess for float data
+    src = ArraySource("toy", np.zeros((4, 16, 2), np.float32), labels, 1, kind="array")
+    assert src.kind == "array"
 
 
 def test_get_rejects_bad_indices():
@@ -233,6 +281,7 @@ def test_tfds_mock_shapes_and_ranges(mock_tfds, tmp_path, name, image_size, shap
     cfg = _with(name, tfds_data_dir=str(tmp_path), image_size=image_size)
     src = get_source(cfg, "heldout")
     assert (len(src), src.image_shape, src.num_classes) == (6, shape, num_classes)
+    assert src.example_shape == shape and src.kind == "image"
     images, labels = src.get(np.array([5, 0, 2]))
     assert images.shape == (3, *shape) and images.dtype == np.float32
     assert -1.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.1
