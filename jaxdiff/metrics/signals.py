@@ -1,8 +1,8 @@
 """Sample-quality metrics for 1-D signal sets (N, L, C), e.g. samples of ``signals1d``.
 
   fd              squared Fréchet distance between Gaussians fitted to the flattened raw values
-                  (L * C dimensions; ``frechet.feature_statistics`` / ``frechet_distance``, float64),
-                  in squared signal units.
+                  (L * C dimensions; ``frechet.feature_statistics`` / ``frechet_distance``,
+                  float64), in squared signal units.
   mmd2            unbiased squared MMD with a Gaussian kernel on the flattened values
                   (``two_sample.mmd2_rbf``; bandwidth by the median heuristic on the pooled sets,
                   reported as ``mmd_bandwidth``).  Unbiased: about 0 (and possibly < 0) for two
