@@ -1,10 +1,12 @@
-"""Data layer: embedded sets, TFDS (mocked, offline), stateless multi-host sampler, pipeline."""
+"""Data layer: embedded sets (images and signals1d), any-rank sources, TFDS (mocked, offline),
+stateless multi-host sampler, pipeline."""
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxdiff.data import (BatchSampler, DatasetNotPreparedError, batch_iterator,
-                          default_data_config, get_source, hflip, load_batch)
+from jaxdiff.data import (DATASET_NAMES, EMBEDDED_EXAMPLE_SHAPES, KINDS, ArraySource,
+                          BatchSampler, DatasetNotPreparedError, batch_iterator,
+                          default_data_config, get_source, hflip, infer_kind, load_batch)
 from jaxdiff.data.tfds_source import center_crop_resize
 
 SIZES = {("digits", "train"): 1500, ("digits", "heldout"): 297,
@@ -18,6 +20,7 @@ def test_embedded_shapes_dtypes_ranges_and_class_counts(name, split):
     src = get_source(default_data_config(name), split)
     side = {"digits": 8, "mnist5k": 32}[name]
     assert (len(src), src.image_shape, src.num_classes) == (SIZES[name, split], (side, side, 1), 10)
+    assert src.example_shape == src.image_shape and src.kind == "image"
     images, labels = src.get(np.arange(len(src)))
     assert images.shape == (len(src), side, side, 1) and images.dtype == np.float32
     assert labels.dtype == np.int32
@@ -75,6 +78,125 @@ def test_embedded_loads_are_cached_and_read_only():
     images, _ = a.get(np.array([3, 1]))
     images[:] = 0.0  # get returns a private copy
     assert a.images[3].min() == -1.0
+
+
+# --- signals1d: the embedded 1-D signal set ------------------------------------------------
+
+def test_signals1d_shapes_kind_balance_and_range():
+    cfg = default_data_config("signals1d")
+    assert cfg.name == "signals1d" and cfg.image_size == 0 and cfg.random_flip is False
+    assert "signals1d" in DATASET_NAMES
+    for split, n in (("train", 2000), ("heldout", 400)):
+        src = get_source(cfg, split)
+        assert src.name == f"signals1d/{split}"
+        assert (len(src), src.example_shape, src.kind, src.num_classes) == (n, (64, 2), "signal", 4)
+        assert src.example_shape == EMBEDDED_EXAMPLE_SHAPES["signals1d"]
+        x, labels = src.get(np.arange(n))
+        assert x.shape == (n, 64, 2) and x.dtype == np.float32 and labels.dtype == np.int32
+        assert (np.bincount(labels, minlength=4) == n // 4).all()
+        assert -1.0 <= x.min() and x.max() <= 1.0 and 0.3 < x.std() < 0.7
+        assert np.abs(x).mean(axis=(0, 1)).min() > 0.2  # both channels carry signal
+
+
+def test_signals1d_is_deterministic_cached_and_read_only():
+    from jaxdiff.data.embedded import signals1d_arrays
+
+    a = get_source(default_data_config("signals1d"), "train")
+    assert a.images is get_source(default_data_config("signals1d"), "train").images
+    x1, y1 = signals1d_arrays.__wrapped__()  # regenerated from the seed, bypassing the cache
+    x2, y2 = signals1d_arrays.__wrapped__()
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(a.images, x1[:2000])
+    with pytest.raises(ValueError):
+        a.images[0, 0, 0] = 0.0
+
+
+def test_signals1d_splits_are_disjoint():
+    train = get_source(default_data_config("signals1d"), "train")
+    heldout = get_source(default_data_config("signals1d"), "test")  # alias of heldout
+    train_rows = {x.tobytes() for x in train.images}
+    heldout_rows = {x.tobytes() for x in heldout.images}
+    assert len(train_rows) == 2000 and len(heldout_rows) == 400
+    assert not train_rows & heldout_rows
+
+
+def test_signals1d_classes_are_distinct_waveform_families():
+    src = get_source(default_data_config("signals1d"), "train")
+    x, labels = src.get(np.arange(len(src)))
+    spectrum = np.abs(np.fft.rfft(x, axis=1))  # (N, 33, 2): phase-free
+    for k, cycles in enumerate((2, 3, 5, 8)):
+        mean = spectrum[labels == k].mean(axis=0)
+        assert tuple(mean.argmax(axis=0)) == (cycles, cycles)  # fundamental in both channels
+    # class 1's channel 1 is its channel 0 inverted (up to the amplitudes and the noise)
+    ones = x[labels == 1]
+    corr = [np.corrcoef(s[:, 0], s[:, 1])[0, 1] for s in ones[:50]]
+    assert max(corr) < -0.9
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (dict(image_size=8), "config.data.image_size: dataset 'signals1d' holds"),
+    (dict(random_flip=True), "config.data.random_flip: dataset 'signals1d' holds signals"),
+])
+def test_signals1d_rejects_image_fields(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        get_source(_with("signals1d", **overrides), "train")
+
+
+def test_signal_batches_flow_through_the_pipeline():
+    src = get_source(default_data_config("signals1d"), "heldout")
+    sampler = BatchSampler(num_examples=len(src), global_batch_size=32, seed=1)
+    batches = list(batch_iterator(src, sampler, start_step=0, num_steps=2))
+    assert [b[0].shape for b in batches] == [(32, 64, 2)] * 2
+    np.testing.assert_array_equal(batches[1][0], load_batch(src, sampler, 1, False)[0])
+    with pytest.raises(ValueError, match="mask"):  # flips are for (n, H, W, C) images only
+        load_batch(src, sampler, 0, random_flip=True)
+
+
+# --- ArraySource: any example shape ---------------------------------------------------------
+
+@pytest.mark.parametrize("shape,dtype,kind", [
+    ((5, 8, 8, 3), np.float32, "image"),
+    ((5, 64, 2), np.float32, "signal"),
+    ((5, 7), np.float32, "vector"),
+    ((5, 2, 3, 4, 2), np.float32, "array"),
+    ((5, 12), np.int32, "tokens"),
+    ((5, 4, 3), np.int32, "tokens"),
+])
+def test_array_source_accepts_any_rank_and_infers_its_kind(shape, dtype, kind):
+    data = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+    labels = np.array([0, 1, 2, 0, 1], np.int32)
+    src = ArraySource(name="toy", images=data, labels=labels, num_classes=3)
+    assert src.kind == kind == infer_kind(shape[1:], dtype) and kind in KINDS
+    assert src.example_shape == src.image_shape == shape[1:] and len(src) == 5
+    x, y = src.get(np.array([4, 0]))
+    assert x.dtype == dtype and x.shape == (2, *shape[1:])
+    np.testing.assert_array_equal(x, data[[4, 0]])
+    np.testing.assert_array_equal(y, [1, 0])
+    assert "array(" not in repr(src)  # the arrays stay out of the repr
+
+
+def test_array_source_rejects_bad_arrays_and_kinds():
+    labels = np.zeros((4,), np.int32)
+    with pytest.raises(ValueError, match="images"):
+        ArraySource("toy", np.zeros((4,), np.float32), labels, 1)       # no example axis
+    with pytest.raises(ValueError, match="images"):
+        ArraySource("toy", np.zeros((4, 3), np.float64), labels, 1)     # float64
+    with pytest.raises(ValueError, match="images"):
+        ArraySource("toy", np.zeros((4, 3), np.uint8), labels, 1)       # uint8
+    with pytest.raises(ValueError, match="labels"):
+        ArraySource("toy", np.zeros((4, 3), np.float32), labels[:3], 1)
+    with pytest.raises(ValueError, match="labels"):
+        ArraySource("toy", np.zeros((4, 3), np.float32), labels.astype(np.int64), 1)
+    with pytest.raises(ValueError, match="kind: 'image' does not fit"):
+        ArraySource("toy", np.zeros((4, 16, 2), np.float32), labels, 1, kind="image")
+    with pytest.raises(ValueError, match="kind: 'signal' does not fit"):
+        ArraySource("toy", np.zeros((4, 16, 2), np.int32), labels, 1, kind="signal")
+    with pytest.raises(ValueError, match="kind: unknown 'audio'"):
+        ArraySource("toy", np.zeros((4, 16, 2), np.float32), labels, 1, kind="audio")
+    # an explicit 'array' overrides the rank-based guess for float data
+    src = ArraySource("toy", np.zeros((4, 16, 2), np.float32), labels, 1, kind="array")
+    assert src.kind == "array"
 
 
 def test_get_rejects_bad_indices():
@@ -233,6 +355,7 @@ def test_tfds_mock_shapes_and_ranges(mock_tfds, tmp_path, name, image_size, shap
     cfg = _with(name, tfds_data_dir=str(tmp_path), image_size=image_size)
     src = get_source(cfg, "heldout")
     assert (len(src), src.image_shape, src.num_classes) == (6, shape, num_classes)
+    assert src.example_shape == shape and src.kind == "image"
     images, labels = src.get(np.array([5, 0, 2]))
     assert images.shape == (3, *shape) and images.dtype == np.float32
     assert -1.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.1

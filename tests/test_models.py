@@ -8,12 +8,15 @@ import pytest
 from flax import nnx
 
 from jaxdiff.denoiser import NNXApply
-from jaxdiff.models import build_model, default_dit_config, default_unet_config, layers
+from jaxdiff.models import (NETWORKS, build_model, default_dit_config, default_unet1d_config,
+                            default_unet_config, layers)
 from jaxdiff.models.dit import FREQ_DIM, DiTBlock
 from jaxdiff.models.unet import Downsample
+from jaxdiff.models.unet1d import Downsample1D
 
 K = 10  # classes in the tests; index K is the null token
 SHAPE = (8, 8, 1)
+SHAPE1D = (16, 2)  # (L, C) signals for the 1-D U-Net
 
 
 def tiny_config(name, **overrides):
@@ -21,6 +24,10 @@ def tiny_config(name, **overrides):
         cfg = default_unet_config()
         cfg.update(dict(base_channels=8, num_groups=4, num_heads=2, channel_mult=(1, 2),
                         attn_resolutions=(4,)))
+    elif name == "unet1d":
+        cfg = default_unet1d_config()
+        cfg.update(dict(base_channels=8, num_groups=4, num_heads=2, channel_mult=(1, 2),
+                        attn_resolutions=(8,)))
     else:
         cfg = default_dit_config()
         cfg.update(dict(hidden_size=16, num_heads=2, mlp_ratio=2.0, depth=2, patch_size=2))
@@ -29,13 +36,14 @@ def tiny_config(name, **overrides):
 
 
 @functools.lru_cache(maxsize=None)
-def fresh(name, **overrides):
-    """(graphdef, params) of a freshly initialised tiny network on 8x8x1 with K classes.
+def fresh(name, shape=SHAPE, **overrides):
+    """(graphdef, params) of a freshly initialised tiny network on ``shape`` (8x8x1) with K
+    classes.
 
     The tests initialise with an 'unsafe_rbg' key: threefry initialisers compile once per
     parameter shape, which dominates a CPU test's time; the architecture code is the same."""
     rngs = nnx.Rngs(jax.random.key(0, impl="unsafe_rbg"))
-    return nnx.split(build_model(tiny_config(name, **overrides), SHAPE, K, rngs))
+    return nnx.split(build_model(tiny_config(name, **overrides), shape, K, rngs))
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,7 +249,7 @@ def _set(**kw):
 
 @pytest.mark.parametrize("name, mutate, data_shape, num_classes, match", [
     ("unet", _set(name="foo"), (8, 8, 1), K, r"config.model.name: unknown network 'foo'; "
-                                              r"choose one of \['dit', 'unet'\]"),
+                                              r"choose one of \['dit', 'unet', 'unet1d'\]"),
     ("unet", _set(channel_mult=()), (8, 8, 1), K, "config.model.channel_mult must be non-empty"),
     ("unet", _set(channel_mult=(1, 2, 2, 2, 2)), (8, 8, 1), K, "config.model.channel_mult"),
     ("unet", _set(num_groups=3), (8, 8, 1), K, "config.model.num_groups"),
@@ -263,6 +271,25 @@ def _set(**kw):
     ("dit", _set(num_heads=3), (8, 8, 1), K, "config.model.num_heads"),
     ("dit", _set(depth=0), (8, 8, 1), K, "config.model.depth"),
     ("dit", _set(mlp_ratio=0.0), (8, 8, 1), K, "config.model.mlp_ratio"),
+    ("dit", _set(), (16, 2), K, r"data_shape must be \(H, W, C\)"),
+    ("dit", lambda cfg: cfg.__setattr__("base_channels", 8), (8, 8, 1), K,
+     "config.model.base_channels: unknown field for network 'dit'"),
+    ("unet1d", _set(), (8, 8, 1), K, r"data_shape must be \(L, C\)"),
+    ("unet1d", _set(), (0, 2), K, "data_shape"),
+    ("unet1d", _set(kernel_size=4), SHAPE1D, K, "config.model.kernel_size must be odd"),
+    ("unet1d", _set(kernel_size=0), SHAPE1D, K, "config.model.kernel_size"),
+    ("unet1d", _set(channel_mult=()), SHAPE1D, K, "config.model.channel_mult must be non-empty"),
+    ("unet1d", _set(channel_mult=(1, 2, 2, 2, 2, 2)), SHAPE1D, K, "config.model.channel_mult"),
+    ("unet1d", _set(num_groups=3), SHAPE1D, K, "config.model.num_groups"),
+    ("unet1d", _set(num_heads=3), SHAPE1D, K, "config.model.num_heads"),
+    ("unet1d", _set(attn_resolutions=(0,)), SHAPE1D, K, "config.model.attn_resolutions"),
+    ("unet1d", _set(resample="linear"), SHAPE1D, K, "config.model.resample"),
+    ("unet1d", _set(dropout=-0.1), SHAPE1D, K, "config.model.dropout"),
+    ("unet1d", _set(dtype="float64"), SHAPE1D, K, "config.model.dtype"),
+    ("unet1d", lambda cfg: cfg.__setattr__("patch_size", 2), SHAPE1D, K,
+     "config.model.patch_size: unknown field"),
+    ("unet1d", lambda cfg: cfg.__delattr__("kernel_size"), SHAPE1D, K,
+     "config.model.kernel_size is missing"),
 ])
 def test_bad_config_raises_naming_the_field(name, mutate, data_shape, num_classes, match):
     cfg = tiny_config(name)
@@ -272,9 +299,20 @@ def test_bad_config_raises_naming_the_field(name, mutate, data_shape, num_classe
 
 
 def test_default_configs_build():
-    for cfg in (default_unet_config(), default_dit_config()):
-        abstract = nnx.eval_shape(lambda: build_model(cfg, (8, 8, 1), K, nnx.Rngs(0)))
+    for cfg, shape in ((default_unet_config(), (8, 8, 1)), (default_dit_config(), (8, 8, 1)),
+                       (default_unet1d_config(), (64, 2))):
+        abstract = nnx.eval_shape(lambda: build_model(cfg, shape, K, nnx.Rngs(0)))
         assert n_params(nnx.state(abstract)) > 0
+
+
+def test_registry_entries_and_defaults():
+    assert list(NETWORKS) == sorted(NETWORKS) == ["dit", "unet", "unet1d"]
+    assert "unet1d" in NETWORKS and "foo" not in NETWORKS
+    for name, defaults in (("unet", default_unet_config), ("dit", default_dit_config),
+                           ("unet1d", default_unet1d_config)):
+        assert NETWORKS.default_config(name) == defaults()
+        assert NETWORKS.default_config(name).name == name
+        assert NETWORKS.get(name) is NETWORKS[name] and callable(NETWORKS[name])
 
 
 def dit_block_params(d, m):
@@ -353,3 +391,74 @@ def test_group_norm_modulation_is_adagn_and_keeps_dtype():
         layers.GroupNorm(12, 8)
     with pytest.raises(ValueError, match="divisible by 4 groups"):
         layers.group_norm(jnp.ones((2, 4, 10)), 4, 1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# the 1-D U-Net (signals (B, L, C))
+# ------------------------------------------------------------------------------------------------
+
+def test_unet1d_fresh_is_zero_and_maps_signals_to_signals():
+    graphdef, state = fresh("unet1d", shape=SHAPE1D)
+    x, t = inputs(SHAPE1D)
+    out = apply(graphdef, state, x, t, jnp.array([0, K]))
+    assert out.shape == x.shape == (2,) + SHAPE1D and out.dtype == jnp.float32
+    assert jnp.all(out == 0.0)  # zero-initialised output conv
+    out = apply(graphdef, random_net("unet1d", shape=SHAPE1D)[1], x, t, jnp.array([0, K]))
+    assert out.shape == x.shape and out.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(out))) and rows_differ(out)
+
+
+def test_unet1d_conditioning_and_null_token():
+    graphdef, state = random_net("unet1d", shape=SHAPE1D)
+    net = nnx.merge(graphdef, state)
+    x, t = inputs(SHAPE1D, same_rows=True)
+    assert rows_differ(apply(graphdef, state, x, t, jnp.array([0, 1])))   # class vs class
+    assert rows_differ(apply(graphdef, state, x, t, jnp.array([0, K])))   # class vs null
+    assert rows_differ(apply(graphdef, state, x, t, jnp.array([3, 3])))   # noise level
+    # cond None is the null token K, in the embedding and through the whole network
+    np.testing.assert_array_equal(net.embed(t, None), net.embed(t, jnp.array([K, K])))
+    np.testing.assert_allclose(apply(graphdef, state, x, t, None),
+                               apply(graphdef, state, x, t, jnp.array([K, K])), atol=1e-6)
+    with pytest.raises(ValueError, match="cond must be int"):
+        net(x, t, jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 16, 2\)"):
+        net(jnp.zeros((2, 8, 2)), t)
+
+
+def test_unet1d_continuous_conditioning_traces():
+    graphdef, state = random_net("unet1d", shape=SHAPE1D, num_classes=0, cond_dim=3)
+    x, t = inputs(SHAPE1D)
+    cond = jnp.stack([jnp.zeros(3), jnp.ones(3)])
+    net = nnx.merge(graphdef, state)
+    assert rows_differ(net.embed(t.at[1].set(t[0]), cond))
+    out = jax.eval_shape(apply, graphdef, state, x, t, cond)
+    assert out.shape == x.shape and out.dtype == jnp.float32
+
+
+def test_unet1d_dropout_is_a_pure_function_of_the_key():
+    g0, state = random_net("unet1d", shape=SHAPE1D)
+    g5, state5 = random_net("unet1d", shape=SHAPE1D, dropout=0.5)
+    jax.tree.map(np.testing.assert_array_equal, state, state5)  # same parameters
+    x, t = inputs(SHAPE1D)
+    cond = jnp.array([1, 2])
+    k1, k2 = jax.random.key(7, impl="unsafe_rbg"), jax.random.key(8, impl="unsafe_rbg")
+    base = apply(g0, state, x, t, cond)
+    np.testing.assert_array_equal(apply(g5, state, x, t, cond), base)  # no key: no dropout
+    d1 = apply(g5, state, x, t, cond, k1)
+    assert not np.allclose(d1, base)
+    np.testing.assert_array_equal(d1, apply(g5, state, x, t, cond, k1))
+    assert not np.allclose(d1, apply(g5, state, x, t, cond, k2))
+
+
+def test_unet1d_pool_resampling_and_default_config_trace():
+    graphdef, state = random_net("unet1d", shape=SHAPE1D, resample="pool")
+    x, t = inputs(SHAPE1D)
+    out = jax.eval_shape(apply, graphdef, state, x, t, None)
+    assert out.shape == x.shape and out.dtype == jnp.float32
+    down = nnx.merge(graphdef, state).down[1]
+    assert isinstance(down, Downsample1D) and down.conv is None  # parameter-free pooling
+    graphdef, state = nnx.split(nnx.eval_shape(
+        lambda: build_model(default_unet1d_config(), (64, 2), 4, nnx.Rngs(0))))
+    x = jax.ShapeDtypeStruct((3, 64, 2), jnp.float32)
+    out = jax.eval_shape(apply, graphdef, state, x, jnp.ones(3), jnp.array([0, 1, 4]))
+    assert out.shape == (3, 64, 2) and out.dtype == jnp.float32

@@ -3,7 +3,9 @@
 Every data config has the same fields, whatever the dataset, so configs can be overridden from
 the command line uniformly (``--config.data.image_size=64``):
 
-  name            'digits' | 'mnist5k' (embedded, no network) | 'tfds' (TensorFlow Datasets).
+  name            'digits' | 'mnist5k' (embedded images) | 'signals1d' (embedded (64, 2)
+                  signals, generated in code) | 'tfds' (TensorFlow Datasets); no network for
+                  any but 'tfds'.
   tfds_name       TFDS dataset name, e.g. 'cifar10', 'downsampled_imagenet/64x64' ('' unless
                   name == 'tfds').
   tfds_data_dir   directory of prepared TFDS data ('' = TFDS default, ~/tensorflow_datasets).
@@ -11,11 +13,12 @@ the command line uniformly (``--config.data.image_size=64``):
   heldout_split   TFDS split read as our "heldout" split (e.g. 'test', 'validation').
   image_key       TFDS feature holding the uint8 image (H, W, C).
   label_key       TFDS ClassLabel feature; '' = unlabelled (one class, every label 0).
-  image_size      side S of the square (S, S, C) images the source returns; for embedded data
+  image_size      side S of the square (S, S, C) images the source returns; for embedded images
                   it must equal the native size (8 for digits, 32 for mnist5k); for TFDS, 0 keeps
                   the native size and any other value centre-crops to a square and resizes.
+                  Meaningless for signals: must be 0 for 'signals1d'.
   random_flip     whether the training pipeline flips images horizontally (see
-                  ``BatchSampler.flips_for_step``).
+                  ``BatchSampler.flips_for_step``); must be False for signals.
   num_threads     grain reader threads in ``batch_iterator`` (0 = read in the calling thread).
   prefetch_batches  batches grain reads ahead in ``batch_iterator``.
 """
@@ -24,7 +27,11 @@ from __future__ import annotations
 import ml_collections
 
 EMBEDDED_IMAGE_SIZES = {"digits": 8, "mnist5k": 32}
-DATASET_NAMES = (*EMBEDDED_IMAGE_SIZES, "tfds")
+EMBEDDED_SIGNAL_SHAPES = {"signals1d": (64, 2)}  # (L, C) of the embedded signal sets
+# Example shape of every embedded dataset (TFDS shapes depend on the config).
+EMBEDDED_EXAMPLE_SHAPES = {**{name: (size, size, 1) for name, size in EMBEDDED_IMAGE_SIZES.items()},
+                           **EMBEDDED_SIGNAL_SHAPES}
+DATASET_NAMES = (*EMBEDDED_IMAGE_SIZES, *EMBEDDED_SIGNAL_SHAPES, "tfds")
 
 # TFDS datasets with known-good defaults: (image_size, train_split, heldout_split, label_key).
 TFDS_PRESETS = {
@@ -42,8 +49,9 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     """Returns a data ConfigDict with every field set.
 
     Args:
-      name: 'digits', 'mnist5k', 'tfds' (cifar10 defaults) or a ``TFDS_PRESETS`` key such as
-        'cifar10', which gives ``name='tfds'`` with that ``tfds_name``.
+      name: 'digits', 'mnist5k', 'signals1d' (image_size 0, random_flip False), 'tfds'
+        (cifar10 defaults) or a ``TFDS_PRESETS`` key such as 'cifar10', which gives
+        ``name='tfds'`` with that ``tfds_name``.
     Raises:
       ValueError: unknown ``name``.
     """
@@ -61,6 +69,8 @@ def default_data_config(name: str = "digits") -> ml_collections.ConfigDict:
     cfg.prefetch_batches = 2
     if name in EMBEDDED_IMAGE_SIZES:
         cfg.image_size = EMBEDDED_IMAGE_SIZES[name]
+        return cfg
+    if name in EMBEDDED_SIGNAL_SHAPES:
         return cfg
     tfds_name = "cifar10" if name == "tfds" else name
     if tfds_name not in TFDS_PRESETS:
@@ -97,6 +107,14 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
     if name in EMBEDDED_IMAGE_SIZES and size != EMBEDDED_IMAGE_SIZES[name]:
         raise ValueError(f"config.data.image_size: dataset {name!r} has fixed size "
                          f"{EMBEDDED_IMAGE_SIZES[name]}, got {size}.")
+    if name in EMBEDDED_SIGNAL_SHAPES:
+        if size != 0:
+            raise ValueError(f"config.data.image_size: dataset {name!r} holds "
+                             f"{EMBEDDED_SIGNAL_SHAPES[name]} signals, not images; image_size "
+                             f"must be 0, got {size}.")
+        if cfg.random_flip is not False:
+            raise ValueError(f"config.data.random_flip: dataset {name!r} holds signals; "
+                             f"horizontal flips apply to images only, got {cfg.random_flip!r}.")
     if name == "tfds":
         for field in ("tfds_name", "train_split", "heldout_split", "image_key"):
             if not isinstance(cfg[field], str) or not cfg[field]:

@@ -1,4 +1,4 @@
-"""``get_source``: a data config and a split name -> an image source."""
+"""``get_source``: a data config and a split name -> an example source (images or signals)."""
 from __future__ import annotations
 
 import ml_collections
@@ -12,8 +12,10 @@ from jaxdiff.data.tfds_source import open_tfds_source
 def get_source(data_cfg: ml_collections.ConfigDict, split: str = "train") -> ImageSource:
     """The ``split`` ('train' | 'heldout', alias 'test') of the dataset ``data_cfg`` describes.
 
-    The result has ``name``, ``num_classes``, ``image_shape`` (H, W, C), ``len()`` and
-    ``get(indices) -> (images float32 (n, H, W, C) in [-1, 1], labels int32 (n,))``.
+    The result has ``name``, ``num_classes``, ``example_shape`` ((H, W, C) images, (L, C)
+    signals), ``kind`` ('image' | 'signal'), ``len()`` and
+    ``get(indices) -> (examples float32 (n, *example_shape), labels int32 (n,))``; images lie
+    in [-1, 1].  (``image_shape`` is a deprecated alias of ``example_shape``.)
 
     Raises:
       ValueError: an invalid config field or split (named in the message).

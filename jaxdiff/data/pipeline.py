@@ -16,7 +16,8 @@ from jaxdiff.data.source import ImageSource
 
 def load_batch(source: ImageSource, sampler: BatchSampler, step: int,
                random_flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    """This host's batch of ``step``: images float32 (B/P, H, W, C) in [-1, 1], labels int32 (B/P,)."""
+    """This host's batch of ``step``: examples (B/P, *source.example_shape) (images float32 in
+    [-1, 1]), labels int32 (B/P,).  ``random_flip`` needs (H, W, C) images (``hflip``)."""
     images, labels = source.get(sampler.indices_for_step(step))
     if random_flip:
         images = hflip(images, sampler.flips_for_step(step))
@@ -39,7 +40,7 @@ def batch_iterator(source: ImageSource, sampler: BatchSampler, *, start_step: in
     """Iterator over the batches of steps [start_step, start_step + num_steps), in order.
 
     ``num_threads`` grain threads read up to ``prefetch_batches`` batches ahead (0 threads: read
-    lazily in the calling thread).  Yields (images float32 (B/P, H, W, C), labels int32 (B/P,)).
+    lazily in the calling thread).  Yields (examples (B/P, *example_shape), labels int32 (B/P,)).
     """
     dataset = batch_dataset(source, sampler, start_step=start_step, num_steps=num_steps,
                             random_flip=random_flip)

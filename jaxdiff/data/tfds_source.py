@@ -41,20 +41,28 @@ class TfdsSource:
     """One split of a prepared TFDS image dataset.
 
     Attributes:
-      name:        '<tfds_name>/<tfds split>'.
-      num_classes: classes of the ``label_key`` ClassLabel; 1 for unlabelled data (label_key '').
-      image_shape: (S, S, C); S = image_size, or the native size when image_size is 0.
+      name:          '<tfds_name>/<tfds split>'.
+      num_classes:   classes of the ``label_key`` ClassLabel; 1 for unlabelled data (label_key '').
+      example_shape: (S, S, C); S = image_size, or the native size when image_size is 0.
+      kind:          'image'.
+      image_shape:   deprecated alias of ``example_shape``.
     """
 
+    kind = "image"
+
     def __init__(self, data_source, *, name: str, image_key: str, label_key: str,
-                 num_classes: int, image_shape: tuple[int, int, int]):
+                 num_classes: int, example_shape: tuple[int, int, int]):
         self._data_source = data_source
         self.name = name
         self.num_classes = num_classes
-        self.image_shape = image_shape
-        self.example_shape = tuple(image_shape)
+        self.example_shape = tuple(int(d) for d in example_shape)
         self._image_key = image_key
         self._label_key = label_key
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Deprecated alias of ``example_shape``."""
+        return self.example_shape
 
     def __len__(self) -> int:
         return len(self._data_source)
@@ -65,7 +73,7 @@ class TfdsSource:
         Unlabelled datasets return label 0 for every image.
         """
         idx = check_indices(indices, len(self))
-        size, _, channels = self.image_shape
+        size, _, channels = self.example_shape
         images = np.empty((idx.size, size, size, channels), np.uint8)
         labels = np.zeros((idx.size,), np.int32)
         for row, i in enumerate(idx):
@@ -130,4 +138,4 @@ def open_tfds_source(cfg: ml_collections.ConfigDict, split: str) -> TfdsSource:
     num_classes = features[cfg.label_key].num_classes if cfg.label_key else 1
     return TfdsSource(data_source, name=f"{cfg.tfds_name}/{tfds_split}", image_key=cfg.image_key,
                       label_key=cfg.label_key, num_classes=int(num_classes),
-                      image_shape=(int(size), int(size), int(channels)))
+                      example_shape=(int(size), int(size), int(channels)))

@@ -15,10 +15,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from jaxdiff.models import layers
+from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
 
 Array = jax.Array
 
@@ -170,6 +172,17 @@ class DiT(nnx.Module):
         return unpatchify(self.final(tokens, c), p, h, w).astype(jnp.float32)
 
 
+def default_dit_config() -> ml_collections.ConfigDict:
+    """Every DiT field, with tiny defaults suitable for 8x8 digits and CPU tests."""
+    cfg = common_defaults("dit")
+    cfg.patch_size = 2
+    cfg.hidden_size = 64
+    cfg.depth = 2
+    cfg.num_heads = 4
+    cfg.mlp_ratio = 4.0
+    return cfg
+
+
 def check_config(cfg, data_shape: tuple[int, int, int]) -> None:
     """Raises a ValueError naming the first field of a DiT config ``cfg`` that is invalid."""
     height, width, _ = data_shape
@@ -189,3 +202,24 @@ def check_config(cfg, data_shape: tuple[int, int, int]) -> None:
     if not isinstance(cfg.mlp_ratio, (int, float)) or int(cfg.hidden_size * cfg.mlp_ratio) < 1:
         raise ValueError(f"config.model.mlp_ratio must be a positive number, "
                          f"got {cfg.mlp_ratio!r}")
+
+
+def check(cfg, example_shape, num_classes: int) -> None:
+    """The DiT's own check: (H, W, C) examples and the fields of ``check_config``."""
+    del num_classes  # any K works (class table of K + 1 rows)
+    check_config(cfg, check_rank(example_shape, 3, "(H, W, C)"))
+
+
+def build(cfg, example_shape, num_classes: int, rngs: nnx.Rngs) -> DiT:
+    """A ``DiT`` for (H, W, C) examples from a checked config (see ``default_dit_config``)."""
+    return DiT(
+        data_shape=tuple(int(d) for d in example_shape), num_classes=int(num_classes),
+        patch_size=cfg.patch_size, hidden_size=cfg.hidden_size, depth=cfg.depth,
+        num_heads=cfg.num_heads, mlp_ratio=float(cfg.mlp_ratio), rngs=rngs,
+        **common_kwargs(cfg))
+
+
+NETWORKS.register(
+    "dit", build, defaults=default_dit_config, check=check, test_shape=(8, 8, 1),
+    test_overrides=dict(hidden_size=16, num_heads=2, mlp_ratio=2.0, depth=2, patch_size=2),
+    test_bad_fields=dict(patch_size=3, hidden_size=18, depth=0))

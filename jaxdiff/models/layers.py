@@ -1,5 +1,5 @@
-"""Building blocks shared by the U-Net and the DiT: embeddings, attention, dropout, modulation,
-group normalization.
+"""Building blocks shared by the networks (U-Net, DiT, 1-D U-Net): embeddings, attention,
+dropout, modulation, group normalization.
 
 Every array here is channels-last.  Nothing in this module holds random state: dropout takes an
 explicit PRNG key (or ``None`` for inference), so a network's ``nnx.split`` state is parameters
@@ -230,9 +230,10 @@ class ConditionEmbedding(nnx.Module):
         return emb + self.class_table(cond)
 
 
-def check_inputs(x: Array, c_noise: Array, data_shape: tuple[int, int, int]) -> Array:
-    """Validates x: (B, H, W, C) against ``data_shape`` and returns c_noise as (B,) float32."""
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(data_shape):
+def check_inputs(x: Array, c_noise: Array, data_shape: tuple[int, ...]) -> Array:
+    """Validates x: (B, *data_shape) (e.g. (B, H, W, C) or (B, L, C)) and returns c_noise as
+    (B,) float32."""
+    if x.ndim != len(data_shape) + 1 or tuple(x.shape[1:]) != tuple(data_shape):
         raise ValueError(f"x must have shape (B, {', '.join(map(str, data_shape))}), "
                          f"got {tuple(x.shape)}")
     c_noise = jnp.asarray(c_noise, jnp.float32)

@@ -19,9 +19,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from jaxdiff.models import layers
+from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
 
 Array = jax.Array
 
@@ -217,6 +219,19 @@ class UNet(nnx.Module):
         return h.astype(jnp.float32)
 
 
+def default_unet_config() -> ml_collections.ConfigDict:
+    """Every U-Net field, with tiny defaults suitable for 8x8 digits and CPU tests."""
+    cfg = common_defaults("unet")
+    cfg.base_channels = 32
+    cfg.channel_mult = (1, 2)
+    cfg.num_res_blocks = 1
+    cfg.attn_resolutions = (4,)  # heights whose residual blocks get self-attention (others: none)
+    cfg.num_heads = 2
+    cfg.num_groups = 8
+    cfg.resample = "conv"        # 'conv' | 'pool'
+    return cfg
+
+
 def check_config(cfg, data_shape: tuple[int, int, int]) -> None:
     """Raises a ValueError naming the first field of a U-Net config ``cfg`` that is invalid."""
     height, width, _ = data_shape
@@ -245,3 +260,26 @@ def check_config(cfg, data_shape: tuple[int, int, int]) -> None:
     if cfg.resample not in RESAMPLE:
         raise ValueError(f"config.model.resample: unknown {cfg.resample!r}; choose one of "
                          f"{list(RESAMPLE)}")
+
+
+def check(cfg, example_shape, num_classes: int) -> None:
+    """The U-Net's own check: (H, W, C) examples and the fields of ``check_config``."""
+    del num_classes  # any K works (class table of K + 1 rows)
+    check_config(cfg, check_rank(example_shape, 3, "(H, W, C)"))
+
+
+def build(cfg, example_shape, num_classes: int, rngs: nnx.Rngs) -> UNet:
+    """A ``UNet`` for (H, W, C) examples from a checked config (see ``default_unet_config``)."""
+    return UNet(
+        data_shape=tuple(int(d) for d in example_shape), num_classes=int(num_classes),
+        base_channels=cfg.base_channels, channel_mult=tuple(cfg.channel_mult),
+        num_res_blocks=cfg.num_res_blocks, attn_resolutions=tuple(cfg.attn_resolutions),
+        num_heads=cfg.num_heads, num_groups=cfg.num_groups, resample=cfg.resample,
+        rngs=rngs, **common_kwargs(cfg))
+
+
+NETWORKS.register(
+    "unet", build, defaults=default_unet_config, check=check, test_shape=(8, 8, 1),
+    test_overrides=dict(base_channels=8, num_groups=4, num_heads=2, channel_mult=(1, 2),
+                        attn_resolutions=(4,)),
+    test_bad_fields=dict(num_groups=3, resample="bilinear", channel_mult=(1, 2, 2, 2, 2)))
