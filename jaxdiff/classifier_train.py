@@ -121,7 +121,7 @@ def train_classifier(data_cfg: ml_collections.ConfigDict, workdir: str, steps: i
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     arch = default_classifier_config() if arch is None else arch
     train_src, heldout_src = get_source(data_cfg, "train"), get_source(data_cfg, "heldout")
-    shape = train_src.image_shape
+    shape = train_src.example_shape
     shift = max(1, shape[0] // 16) if shift is None else int(shift)
     def init():
         rngs = nnx.Rngs(jax.random.key(seed, impl="rbg"))

@@ -237,7 +237,7 @@ def _default_data():
 def _check_data(section, config, **_) -> None:
     from jaxdiff.data import validate_data_config
 
-    _reraise_as_config_error(validate_data_config, section)
+    validate_data_config(section)
 
 
 def _default_model():
@@ -250,23 +250,9 @@ def _check_model(section, config, num_classes=None, example_shape=None, **_) -> 
     from jaxdiff.models import NETWORKS, check_model_config
 
     if example_shape is None:
-        if section.get("name") not in NETWORKS:
-            raise ConfigError(f"config.model.name: unknown network {section.get('name')!r}; "
-                              f"choose one of {list(NETWORKS)}")
-        return
-    _reraise_as_config_error(check_model_config, section, example_shape, num_classes or 0)
-
-
-def _reraise_as_config_error(fn, *args) -> None:
-    """Runs a check written against ValueError; its 'config.' messages become ConfigError."""
-    try:
-        fn(*args)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        if str(e).startswith("config."):
-            raise ConfigError(str(e)) from None
-        raise
+        NETWORKS.entry(section.get("name"), "model.name")
+    else:
+        check_model_config(section, example_shape, num_classes or 0)
 
 
 register_section("data", defaults=_default_data, check=_check_data)

@@ -25,6 +25,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxdiff.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 PARAM_RULES = ("replicate", "fsdp")
@@ -46,7 +48,7 @@ def _distributed_mode(cfg) -> bool | str:
     if isinstance(mode, str) and mode.lower() in ("true", "false"):  # from --config.distributed=
         mode = mode.lower() == "true"
     if mode not in (True, False, "auto"):
-        raise ValueError(f"config.distributed must be True, False or 'auto', got {mode!r}")
+        raise ConfigError(f"config.distributed must be True, False or 'auto', got {mode!r}")
     return mode
 
 
@@ -146,7 +148,7 @@ def _open_collectives() -> None:
 def _mesh_field(mesh_cfg, name: str, default: int) -> int:
     value = mesh_cfg.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"config.mesh.{name} must be an int, got {value!r}")
+        raise ConfigError(f"config.mesh.{name} must be an int, got {value!r}")
     return int(value)
 
 
@@ -166,15 +168,15 @@ def make_mesh(mesh_cfg) -> Mesh:
     fsdp = _mesh_field(mesh_cfg, "fsdp", 1)
     data = _mesh_field(mesh_cfg, "data", -1)
     if fsdp < 1:
-        raise ValueError(f"config.mesh.fsdp must be >= 1, got {fsdp}")
+        raise ConfigError(f"config.mesh.fsdp must be >= 1, got {fsdp}")
     if data == -1:
         if n % fsdp:
-            raise ValueError(f"config.mesh.fsdp={fsdp} does not divide the {n} devices")
+            raise ConfigError(f"config.mesh.fsdp={fsdp} does not divide the {n} devices")
         data = n // fsdp
     elif data < 1:
-        raise ValueError(f"config.mesh.data must be >= 1 or -1 (all remaining), got {data}")
+        raise ConfigError(f"config.mesh.data must be >= 1 or -1 (all remaining), got {data}")
     if data * fsdp != n:
-        raise ValueError(
+        raise ConfigError(
             f"config.mesh.data * config.mesh.fsdp = {data} * {fsdp} = {data * fsdp} must equal "
             f"the number of devices, {n}")
     return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
@@ -216,7 +218,7 @@ def param_shardings(mesh: Mesh, params, rule: str, min_size: int = DEFAULT_FSDP_
       a pytree of ``NamedSharding`` with the structure of ``params``.
     """
     if rule not in PARAM_RULES:
-        raise ValueError(f"config.mesh.param_rule must be one of {PARAM_RULES}, got {rule!r}")
+        raise ConfigError(f"config.mesh.param_rule must be one of {PARAM_RULES}, got {rule!r}")
     fsdp = mesh.shape["fsdp"] if rule == "fsdp" else 1
 
     def one(leaf):
@@ -256,7 +258,7 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> int:
     """
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if global_batch_size < 1 or global_batch_size % shards:
-        raise ValueError(
+        raise ConfigError(
             f"config.batch_size={global_batch_size} must be a positive multiple of the "
             f"{shards} batch shards (config.mesh.data * config.mesh.fsdp)")
     return global_batch_size // jax.process_count()

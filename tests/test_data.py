@@ -19,8 +19,9 @@ SIZES = {("digits", "train"): 1500, ("digits", "heldout"): 297,
 def test_embedded_shapes_dtypes_ranges_and_class_counts(name, split):
     src = get_source(default_data_config(name), split)
     side = {"digits": 8, "mnist5k": 32}[name]
-    assert (len(src), src.image_shape, src.num_classes) == (SIZES[name, split], (side, side, 1), 10)
-    assert src.example_shape == src.image_shape and src.kind == "image"
+    assert (len(src), src.example_shape, src.num_classes) == (SIZES[name, split], (side, side, 1),
+                                                             10)
+    assert src.kind == "image"
     images, labels = src.get(np.arange(len(src)))
     assert images.shape == (len(src), side, side, 1) and images.dtype == np.float32
     assert labels.dtype == np.int32
@@ -168,7 +169,7 @@ def test_array_source_accepts_any_rank_and_infers_its_kind(shape, dtype, kind):
     labels = np.array([0, 1, 2, 0, 1], np.int32)
     src = ArraySource(name="toy", images=data, labels=labels, num_classes=3)
     assert src.kind == kind == infer_kind(shape[1:], dtype) and kind in KINDS
-    assert src.example_shape == src.image_shape == shape[1:] and len(src) == 5
+    assert src.example_shape == shape[1:] and len(src) == 5
     x, y = src.get(np.array([4, 0]))
     assert x.dtype == dtype and x.shape == (2, *shape[1:])
     np.testing.assert_array_equal(x, data[[4, 0]])
@@ -354,7 +355,7 @@ def mock_tfds():
 def test_tfds_mock_shapes_and_ranges(mock_tfds, tmp_path, name, image_size, shape, num_classes):
     cfg = _with(name, tfds_data_dir=str(tmp_path), image_size=image_size)
     src = get_source(cfg, "heldout")
-    assert (len(src), src.image_shape, src.num_classes) == (6, shape, num_classes)
+    assert (len(src), src.example_shape, src.num_classes) == (6, shape, num_classes)
     assert src.example_shape == shape and src.kind == "image"
     images, labels = src.get(np.array([5, 0, 2]))
     assert images.shape == (3, *shape) and images.dtype == np.float32

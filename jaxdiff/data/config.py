@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxdiff.errors import ConfigError
+
 EMBEDDED_IMAGE_SIZES = {"digits": 8, "mnist5k": 32}
 EMBEDDED_SIGNAL_SHAPES = {"signals1d": (64, 2)}  # (L, C) of the embedded signal sets
 # Example shape of every embedded dataset (TFDS shapes depend on the config).
@@ -95,37 +97,37 @@ def validate_data_config(cfg: ml_collections.ConfigDict) -> None:
     expected = default_data_config("digits")
     for field in expected:
         if field not in cfg:
-            raise ValueError(f"config.data.{field}: missing field; start from "
+            raise ConfigError(f"config.data.{field}: missing field; start from "
                              f"jaxdiff.data.default_data_config().")
     name = cfg.name
     if name not in DATASET_NAMES:
-        raise ValueError(f"config.data.name: unknown dataset {name!r}; expected one of "
+        raise ConfigError(f"config.data.name: unknown dataset {name!r}; expected one of "
                          f"{list(DATASET_NAMES)} (TFDS datasets use name='tfds' and tfds_name).")
     size = cfg.image_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ValueError(f"config.data.image_size: must be a non-negative int, got {size!r}.")
+        raise ConfigError(f"config.data.image_size: must be a non-negative int, got {size!r}.")
     if name in EMBEDDED_IMAGE_SIZES and size != EMBEDDED_IMAGE_SIZES[name]:
-        raise ValueError(f"config.data.image_size: dataset {name!r} has fixed size "
+        raise ConfigError(f"config.data.image_size: dataset {name!r} has fixed size "
                          f"{EMBEDDED_IMAGE_SIZES[name]}, got {size}.")
     if name in EMBEDDED_SIGNAL_SHAPES:
         if size != 0:
-            raise ValueError(f"config.data.image_size: dataset {name!r} holds "
+            raise ConfigError(f"config.data.image_size: dataset {name!r} holds "
                              f"{EMBEDDED_SIGNAL_SHAPES[name]} signals, not images; image_size "
                              f"must be 0, got {size}.")
         if cfg.random_flip is not False:
-            raise ValueError(f"config.data.random_flip: dataset {name!r} holds signals; "
+            raise ConfigError(f"config.data.random_flip: dataset {name!r} holds signals; "
                              f"horizontal flips apply to images only, got {cfg.random_flip!r}.")
     if name == "tfds":
         for field in ("tfds_name", "train_split", "heldout_split", "image_key"):
             if not isinstance(cfg[field], str) or not cfg[field]:
-                raise ValueError(f"config.data.{field}: must be a non-empty string for "
+                raise ConfigError(f"config.data.{field}: must be a non-empty string for "
                                  f"name='tfds', got {cfg[field]!r}.")
     for field in ("tfds_data_dir", "label_key"):
         if not isinstance(cfg[field], str):
-            raise ValueError(f"config.data.{field}: must be a string, got {cfg[field]!r}.")
+            raise ConfigError(f"config.data.{field}: must be a string, got {cfg[field]!r}.")
     if not isinstance(cfg.random_flip, bool):
-        raise ValueError(f"config.data.random_flip: must be a bool, got {cfg.random_flip!r}.")
+        raise ConfigError(f"config.data.random_flip: must be a bool, got {cfg.random_flip!r}.")
     for field, low in (("num_threads", 0), ("prefetch_batches", 1)):
         value = cfg[field]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"config.data.{field}: must be an int >= {low}, got {value!r}.")
+            raise ConfigError(f"config.data.{field}: must be an int >= {low}, got {value!r}.")

@@ -15,7 +15,7 @@ def get_source(data_cfg: ml_collections.ConfigDict, split: str = "train") -> Ima
     The result has ``name``, ``num_classes``, ``example_shape`` ((H, W, C) images, (L, C)
     signals), ``kind`` ('image' | 'signal'), ``len()`` and
     ``get(indices) -> (examples float32 (n, *example_shape), labels int32 (n,))``; images lie
-    in [-1, 1].  (``image_shape`` is a deprecated alias of ``example_shape``.)
+    in [-1, 1].
 
     Raises:
       ValueError: an invalid config field or split (named in the message).

@@ -41,16 +41,12 @@ class ImageSource(Protocol):
       num_classes:   number of classes K; labels lie in [0, K) (index K is the null token).
       example_shape: shape of every example, any rank: (H, W, C) images, (L, C) signals, ...
       kind:          one of ``KINDS`` ('image', 'signal', ...; see the module docstring).
-      image_shape:   alias of ``example_shape`` (deprecated; kept while jobs migrate).
     """
 
     name: str
     num_classes: int
     example_shape: tuple[int, ...]
     kind: str
-
-    @property
-    def image_shape(self) -> tuple[int, ...]: ...
 
     def __len__(self) -> int: ...
 
@@ -121,11 +117,6 @@ class ArraySource:
     def example_shape(self) -> tuple[int, ...]:
         """Shape of one example, e.g. (H, W, C) or (L, C)."""
         return tuple(int(d) for d in self.images.shape[1:])
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        """Deprecated alias of ``example_shape``."""
-        return self.example_shape
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

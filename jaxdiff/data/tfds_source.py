@@ -11,6 +11,7 @@ import numpy as np
 import ml_collections
 from PIL import Image
 
+from jaxdiff.errors import ConfigError
 from jaxdiff.data.source import check_indices
 
 
@@ -45,7 +46,6 @@ class TfdsSource:
       num_classes:   classes of the ``label_key`` ClassLabel; 1 for unlabelled data (label_key '').
       example_shape: (S, S, C); S = image_size, or the native size when image_size is 0.
       kind:          'image'.
-      image_shape:   deprecated alias of ``example_shape``.
     """
 
     kind = "image"
@@ -58,11 +58,6 @@ class TfdsSource:
         self.example_shape = tuple(int(d) for d in example_shape)
         self._image_key = image_key
         self._label_key = label_key
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """Deprecated alias of ``example_shape``."""
-        return self.example_shape
 
     def __len__(self) -> int:
         return len(self._data_source)
@@ -92,7 +87,7 @@ def _open_data_source(tfds_name: str, tfds_split: str, data_dir: str, split_fiel
         return tfds.data_source(tfds_name, split=tfds_split, data_dir=data_dir or None,
                                 download=False)
     except tfds.core.DatasetNotFoundError as err:
-        raise ValueError(f"config.data.tfds_name: unknown TFDS dataset {tfds_name!r}.") from err
+        raise ConfigError(f"config.data.tfds_name: unknown TFDS dataset {tfds_name!r}.") from err
     except Exception as err:
         builder = tfds.builder(tfds_name, data_dir=data_dir or None)
         if not builder.is_prepared():
@@ -103,7 +98,7 @@ def _open_data_source(tfds_name: str, tfds_split: str, data_dir: str, split_fiel
                 f"  {prepare_command(tfds_name, data_dir)}") from err
         known = sorted(builder.info.splits)
         if tfds_split.split("[")[0] not in known:
-            raise ValueError(f"config.data.{split_field}: TFDS dataset {tfds_name!r} has no "
+            raise ConfigError(f"config.data.{split_field}: TFDS dataset {tfds_name!r} has no "
                              f"split {tfds_split!r}; it has {known}.") from err
         raise
 
@@ -121,19 +116,19 @@ def open_tfds_source(cfg: ml_collections.ConfigDict, split: str) -> TfdsSource:
     data_source = _open_data_source(cfg.tfds_name, tfds_split, cfg.tfds_data_dir, split_field)
     features = data_source.dataset_info.features
     if cfg.image_key not in features:
-        raise ValueError(f"config.data.image_key: {cfg.tfds_name!r} has no feature "
+        raise ConfigError(f"config.data.image_key: {cfg.tfds_name!r} has no feature "
                          f"{cfg.image_key!r}; features are {sorted(features.keys())}.")
     if cfg.label_key and cfg.label_key not in features:
-        raise ValueError(f"config.data.label_key: {cfg.tfds_name!r} has no feature "
+        raise ConfigError(f"config.data.label_key: {cfg.tfds_name!r} has no feature "
                          f"{cfg.label_key!r}; features are {sorted(features.keys())} "
                          f"(use '' for unlabelled data).")
     height, width, channels = features[cfg.image_key].shape
     size = cfg.image_size or (height if height == width else None)
     if size is None:
-        raise ValueError(f"config.data.image_size: {cfg.tfds_name!r} images are "
+        raise ConfigError(f"config.data.image_size: {cfg.tfds_name!r} images are "
                          f"{height}x{width}; set image_size > 0.")
     if channels not in (1, 3):
-        raise ValueError(f"config.data.image_key: feature {cfg.image_key!r} has {channels} "
+        raise ConfigError(f"config.data.image_key: feature {cfg.image_key!r} has {channels} "
                          f"channels; expected 1 or 3.")
     num_classes = features[cfg.label_key].num_classes if cfg.label_key else 1
     return TfdsSource(data_source, name=f"{cfg.tfds_name}/{tfds_split}", image_key=cfg.image_key,

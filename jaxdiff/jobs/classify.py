@@ -105,7 +105,7 @@ def classify_job(config, workdir: str) -> dict:
     n = subset.size
     mesh = parallel.make_mesh(config.mesh)
     checkpoint_dir(workdir)
-    spec = build_spec(config, source.num_classes, source.example_shape)
+    spec = build_spec(config, source.num_classes, source.example_shape, source.kind)
     params, step = restore_model(spec, workdir)
     den = spec.denoiser(params)
     key = jax.random.key(int(cc.seed))

@@ -89,7 +89,8 @@ def evaluate_job(config, workdir: str) -> dict:
     """Runs the metrics on the sampling job's shards; returns (and writes) the results."""
     C.validate(config)
     heldout = get_source(config.data, "heldout")
-    out_dir = IO.samples_dir(config, workdir, heldout.num_classes, heldout.example_shape)
+    out_dir = IO.samples_dir(config, workdir, heldout.num_classes, heldout.example_shape,
+                             heldout.kind)
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"no samples in {out_dir}: run --mode=sample with this config "
                                 f"first")
@@ -179,11 +180,12 @@ def _signal_evaluation(config, out_dir: str, samples, labels, proto) -> dict:
     from jaxdiff.metrics.signals import signal_metrics
 
     heldout = get_source(config.data, "heldout")
-    reference = heldout.get(np.arange(len(heldout)))[0]
-    metrics = signal_metrics(samples, labels, reference, get_source(config.data, "train"))
+    metrics = signal_metrics(IO.from_storage(samples, proto["kind"]),
+                             labels if proto["num_classes"] > 0 else None, heldout,
+                             get_source(config.data, "train"))
     results = dict(protocol=proto, samples_dir=out_dir, num_samples=int(len(samples)),
                    reference=dict(dataset=IO.dataset_name(config.data), split="heldout",
-                                  count=int(len(reference))),
+                                  count=int(len(heldout))),
                    signal_metrics=metrics)
     if "class_accuracy" in metrics:
         results["class_accuracy"] = metrics["class_accuracy"]
@@ -193,7 +195,7 @@ def _signal_evaluation(config, out_dir: str, samples, labels, proto) -> dict:
              f"{proto['checkpoint_step']}, {proto['sampler']} {proto['steps']} steps, guidance: "
              f"{_guidance_text(proto['guidance'])}",
              f"- reference: {results['reference']['dataset']} held-out split, "
-             f"{len(reference)} examples", "", "| metric | value |", "|---|---|"]
+             f"{len(heldout)} examples", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float)]
     with open(os.path.join(out_dir, "eval.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

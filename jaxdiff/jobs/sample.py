@@ -48,8 +48,8 @@ def sample_job(config, workdir: str) -> dict:
     params, step = restore_model(spec, workdir,
                                  None if int(s.checkpoint_step) < 0 else int(s.checkpoint_step),
                                  shardings=shardings)
-    proto = IO.protocol(config, spec.num_classes, spec.example_shape, step)
-    kind = proto["kind"]
+    proto = IO.protocol(config, spec.num_classes, spec.example_shape, step, spec.kind)
+    kind = spec.kind
     out_dir = os.path.join(workdir, "samples", s.out_name or IO.protocol_tag(proto))
     is_main = jax.process_index() == 0
     if is_main:

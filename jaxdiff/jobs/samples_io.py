@@ -21,16 +21,12 @@ import numpy as np
 from jaxdiff import images as I
 
 SHARD_FORMAT = "shard_{:05d}.npz"
-STORAGE_DTYPES = {"image": np.uint8, "signal": np.float32, "tokens": np.int32}
+STORAGE_DTYPES = {"image": np.uint8, "signal": np.float32, "vector": np.float32,
+                  "array": np.float32, "tokens": np.int32}
 
 
 class ShardError(ValueError):
     """A shard on disk is unreadable or does not match the job's protocol."""
-
-
-def example_kind(example_shape) -> str:
-    """'image' for (H, W, C) examples, 'signal' for any other float example."""
-    return "image" if len(tuple(example_shape)) == 3 else "signal"
 
 
 def dataset_name(data_cfg) -> str:
@@ -51,7 +47,7 @@ def from_storage(stored: np.ndarray, kind: str) -> np.ndarray:
     return np.asarray(stored, np.float32)
 
 
-def protocol(config, num_classes: int, example_shape, step: int) -> dict:
+def protocol(config, num_classes: int, example_shape, step: int, kind: str) -> dict:
     """The JSON-able description that fixes the set of samples."""
     from jaxdiff.guidance import evals_per_call
     from jaxdiff.samplers import nfe_of
@@ -65,7 +61,7 @@ def protocol(config, num_classes: int, example_shape, step: int) -> dict:
                 grid=s.grid, guidance=dict(g.to_dict()) if guided else dict(name="none"),
                 ema_index=int(s.ema_index), seed=int(s.seed), labels=str(s.labels),
                 num_samples=int(s.num_samples), shard_size=int(s.shard_size),
-                example_shape=list(example_shape), kind=example_kind(example_shape),
+                example_shape=list(example_shape), kind=kind,
                 num_classes=int(num_classes), dataset=dataset_name(config.data))
 
 
@@ -151,7 +147,7 @@ def check_manifest(out_dir: str, proto: dict) -> None:
         os.replace(path + ".tmp", path)
 
 
-def samples_dir(config, workdir: str, num_classes: int, example_shape) -> str:
+def samples_dir(config, workdir: str, num_classes: int, example_shape, kind: str) -> str:
     """The directory the sampling job with this config writes to (for the latest checkpoint
     when ``config.sample.checkpoint_step`` is -1)."""
     s = config.sample
@@ -167,7 +163,7 @@ def samples_dir(config, workdir: str, num_classes: int, example_shape) -> str:
         ckpt.close()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
-    proto = protocol(config, num_classes, example_shape, step)
+    proto = protocol(config, num_classes, example_shape, step, kind)
     return os.path.join(workdir, "samples", protocol_tag(proto))
 
 

@@ -66,6 +66,8 @@ class RunSpec:
     schedule, param: the noise process and the parameterization.
     num_classes: K (0: unconditional); class index K is the null condition.
     example_shape: shape of one example, any rank ((H, W, C) images, (L, C) signals).
+    kind: what an example is ('image', 'signal', 'vector', 'tokens', 'array'; see
+      ``jaxdiff.data.source``): images get uint8 shards and preview grids.
     """
 
     config: Any
@@ -75,6 +77,7 @@ class RunSpec:
     param: P.Parameterization
     num_classes: int
     example_shape: tuple[int, ...]
+    kind: str = "image"
 
     @property
     def null(self) -> int:
@@ -109,9 +112,12 @@ def _build_network(config, example_shape, num_classes):
                        rngs=nnx.Rngs(int(config.seed)))
 
 
-def build_spec(config, num_classes: int, example_shape) -> RunSpec:
-    """The run spec for data with ``num_classes`` classes and examples of ``example_shape``;
-    the network is built abstractly (no parameter is allocated)."""
+def build_spec(config, num_classes: int, example_shape, kind: str | None = None) -> RunSpec:
+    """The run spec for data with ``num_classes`` classes and examples of ``example_shape``
+    (of ``kind``; default: inferred from a float32 example's rank); the network is built
+    abstractly (no parameter is allocated)."""
+    from jaxdiff.data.source import infer_kind
+
     abstract = nnx.eval_shape(lambda: _build_network(config, example_shape, num_classes))
     graphdef, state = nnx.split(abstract)
     params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
@@ -119,7 +125,8 @@ def build_spec(config, num_classes: int, example_shape) -> RunSpec:
     return RunSpec(config=config, graphdef=graphdef, abstract_params=params,
                    schedule=build_schedule(config.diffusion),
                    param=build_parameterization(config.diffusion), num_classes=int(num_classes),
-                   example_shape=tuple(int(d) for d in example_shape))
+                   example_shape=tuple(int(d) for d in example_shape),
+                   kind=kind or infer_kind(tuple(example_shape), "float32"))
 
 
 def spec_for_data(config, split: str = "heldout"):
@@ -127,7 +134,7 @@ def spec_for_data(config, split: str = "heldout"):
     from jaxdiff.data import get_source
 
     source = get_source(config.data, split)
-    return build_spec(config, source.num_classes, source.example_shape), source
+    return build_spec(config, source.num_classes, source.example_shape, source.kind), source
 
 
 def abstract_model(spec: RunSpec, num_ema: int | None = None) -> dict:

@@ -84,9 +84,10 @@ class Trainer:
         return self.spec.config
 
 
-def build_trainer(config, num_classes: int, example_shape) -> tuple[Trainer, dict]:
+def build_trainer(config, num_classes: int, example_shape,
+                  kind: str | None = None) -> tuple[Trainer, dict]:
     """Builds the run; returns (trainer, freshly initialised state)."""
-    spec = build_spec(config, num_classes, example_shape)
+    spec = build_spec(config, num_classes, example_shape, kind)
     params = spec.init_params()
     optimizer, lr = make_optimizer(config.optim, int(config.train.num_steps))
     objective = build_objective(spec, config)
@@ -203,7 +204,7 @@ def preview_samples(spec: RunSpec, params, per_class: int | None = None) -> tupl
 
 def write_preview(spec: RunSpec, model, path: str) -> str | None:
     """A PNG grid of preview samples (one row per class) for image data; None otherwise."""
-    if len(spec.example_shape) != 3:
+    if spec.kind != "image":
         return None
     s = spec.config.sample
     imgs, _ = preview_samples(spec, preview_params(model, int(s.ema_index)))
@@ -273,7 +274,8 @@ def train(config, workdir: str) -> dict:
     # Validate against the data and devices before building: initialising already compiles.
     C.validate(config, num_classes=source.num_classes, example_shape=source.example_shape,
                device_count=mesh.size)
-    trainer, state = build_trainer(config, source.num_classes, source.example_shape)
+    trainer, state = build_trainer(config, source.num_classes, source.example_shape,
+                                   source.kind)
     spec = trainer.spec
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)

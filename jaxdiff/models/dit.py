@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jaxdiff.errors import ConfigError
 from jaxdiff.models import layers
 from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
 
@@ -189,18 +190,18 @@ def check_config(cfg, data_shape: tuple[int, int, int]) -> None:
     for name in ("patch_size", "hidden_size", "depth", "num_heads"):
         value = cfg[name]
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.model.{name} must be a positive int, got {value!r}")
+            raise ConfigError(f"config.model.{name} must be a positive int, got {value!r}")
     if height % cfg.patch_size or width % cfg.patch_size:
-        raise ValueError(f"config.model.patch_size ({cfg.patch_size}) must divide H and W of "
+        raise ConfigError(f"config.model.patch_size ({cfg.patch_size}) must divide H and W of "
                          f"data shape {tuple(data_shape)}")
     if cfg.hidden_size % 4:
-        raise ValueError(f"config.model.hidden_size ({cfg.hidden_size}) must be divisible by 4 "
+        raise ConfigError(f"config.model.hidden_size ({cfg.hidden_size}) must be divisible by 4 "
                          "(2-D sin-cos position embedding)")
     if cfg.hidden_size % cfg.num_heads:
-        raise ValueError(f"config.model.num_heads ({cfg.num_heads}) must divide hidden_size "
+        raise ConfigError(f"config.model.num_heads ({cfg.num_heads}) must divide hidden_size "
                          f"({cfg.hidden_size})")
     if not isinstance(cfg.mlp_ratio, (int, float)) or int(cfg.hidden_size * cfg.mlp_ratio) < 1:
-        raise ValueError(f"config.model.mlp_ratio must be a positive number, "
+        raise ConfigError(f"config.model.mlp_ratio must be a positive number, "
                          f"got {cfg.mlp_ratio!r}")
 
 

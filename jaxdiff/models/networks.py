@@ -27,6 +27,7 @@ import numbers
 
 import ml_collections
 
+from jaxdiff.errors import ConfigError
 from jaxdiff.models.layers import DTYPES
 from jaxdiff.registry import Registry
 
@@ -63,11 +64,11 @@ def check_common(cfg, example_shape, num_classes: int) -> None:
     known = tuple(NETWORKS.default_config(name, "model.name").keys())
     for field in cfg.keys():
         if field not in known:
-            raise ValueError(f"config.model.{field}: unknown field for network {name!r} "
+            raise ConfigError(f"config.model.{field}: unknown field for network {name!r} "
                              f"(known: {sorted(known)})")
     for field in known:
         if field not in cfg:
-            raise ValueError(f"config.model.{field} is missing for network {name!r}")
+            raise ConfigError(f"config.model.{field} is missing for network {name!r}")
     try:
         shape = tuple(example_shape)
     except TypeError:
@@ -80,16 +81,16 @@ def check_common(cfg, example_shape, num_classes: int) -> None:
             or num_classes < 0):
         raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
     if not isinstance(cfg.dropout, numbers.Real) or not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"config.model.dropout must be in [0, 1), got {cfg.dropout!r}")
+        raise ConfigError(f"config.model.dropout must be in [0, 1), got {cfg.dropout!r}")
     if not isinstance(cfg.cond_dim, int) or isinstance(cfg.cond_dim, bool) or cfg.cond_dim < 0:
-        raise ValueError(f"config.model.cond_dim must be an int >= 0, got {cfg.cond_dim!r}")
+        raise ConfigError(f"config.model.cond_dim must be an int >= 0, got {cfg.cond_dim!r}")
     if cfg.cond_dim > 0 and num_classes > 0:
-        raise ValueError(f"config.model.cond_dim = {cfg.cond_dim} selects continuous "
+        raise ConfigError(f"config.model.cond_dim = {cfg.cond_dim} selects continuous "
                          f"conditioning, but num_classes = {num_classes}; use one or the other")
     if not isinstance(cfg.noise_scale, numbers.Real) or not cfg.noise_scale > 0:
-        raise ValueError(f"config.model.noise_scale must be > 0, got {cfg.noise_scale!r}")
+        raise ConfigError(f"config.model.noise_scale must be > 0, got {cfg.noise_scale!r}")
     if cfg.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype: unknown {cfg.dtype!r}; choose one of "
+        raise ConfigError(f"config.model.dtype: unknown {cfg.dtype!r}; choose one of "
                          f"{list(DTYPES)}")
 
 

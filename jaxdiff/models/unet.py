@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jaxdiff.errors import ConfigError
 from jaxdiff.models import layers
 from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
 
@@ -237,28 +238,28 @@ def check_config(cfg, data_shape: tuple[int, int, int]) -> None:
     height, width, _ = data_shape
     mult = tuple(cfg.channel_mult)
     if not mult:
-        raise ValueError("config.model.channel_mult must be non-empty")
+        raise ConfigError("config.model.channel_mult must be non-empty")
     if any(not isinstance(m, int) or m < 1 for m in mult):
-        raise ValueError(f"config.model.channel_mult must hold positive ints, got {mult}")
+        raise ConfigError(f"config.model.channel_mult must hold positive ints, got {mult}")
     for name in ("base_channels", "num_res_blocks", "num_heads", "num_groups"):
         value = cfg[name]
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.model.{name} must be a positive int, got {value!r}")
+            raise ConfigError(f"config.model.{name} must be a positive int, got {value!r}")
     factor = 2 ** (len(mult) - 1)
     if height % factor or width % factor:
-        raise ValueError(f"config.model.channel_mult: {len(mult)} levels need H and W divisible "
+        raise ConfigError(f"config.model.channel_mult: {len(mult)} levels need H and W divisible "
                          f"by {factor}, got data shape {tuple(data_shape)}")
     if cfg.base_channels % cfg.num_groups:
-        raise ValueError(f"config.model.num_groups ({cfg.num_groups}) must divide "
+        raise ConfigError(f"config.model.num_groups ({cfg.num_groups}) must divide "
                          f"base_channels ({cfg.base_channels})")
     if any(cfg.base_channels * m % cfg.num_heads for m in mult):
-        raise ValueError(f"config.model.num_heads ({cfg.num_heads}) must divide every level "
+        raise ConfigError(f"config.model.num_heads ({cfg.num_heads}) must divide every level "
                          f"width base_channels * channel_mult")
     if any(not isinstance(r, int) or r < 1 for r in tuple(cfg.attn_resolutions)):
-        raise ValueError(f"config.model.attn_resolutions must hold positive ints, "
+        raise ConfigError(f"config.model.attn_resolutions must hold positive ints, "
                          f"got {tuple(cfg.attn_resolutions)}")
     if cfg.resample not in RESAMPLE:
-        raise ValueError(f"config.model.resample: unknown {cfg.resample!r}; choose one of "
+        raise ConfigError(f"config.model.resample: unknown {cfg.resample!r}; choose one of "
                          f"{list(RESAMPLE)}")
 
 

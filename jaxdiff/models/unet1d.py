@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jaxdiff.errors import ConfigError
 from jaxdiff.models import layers
 from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
 
@@ -244,30 +245,30 @@ def check(cfg, example_shape, num_classes: int) -> None:
     length, _ = check_rank(example_shape, 2, "(L, C)")
     mult = tuple(cfg.channel_mult)
     if not mult:
-        raise ValueError("config.model.channel_mult must be non-empty")
+        raise ConfigError("config.model.channel_mult must be non-empty")
     if not all(_positive_int(m) for m in mult):
-        raise ValueError(f"config.model.channel_mult must hold positive ints, got {mult}")
+        raise ConfigError(f"config.model.channel_mult must hold positive ints, got {mult}")
     for name in ("base_channels", "num_res_blocks", "num_heads", "num_groups", "kernel_size"):
         if not _positive_int(cfg[name]):
-            raise ValueError(f"config.model.{name} must be a positive int, got {cfg[name]!r}")
+            raise ConfigError(f"config.model.{name} must be a positive int, got {cfg[name]!r}")
     if cfg.kernel_size % 2 == 0:
-        raise ValueError(f"config.model.kernel_size must be odd (centred taps), "
+        raise ConfigError(f"config.model.kernel_size must be odd (centred taps), "
                          f"got {cfg.kernel_size}")
     factor = 2 ** (len(mult) - 1)
     if length % factor:
-        raise ValueError(f"config.model.channel_mult: {len(mult)} levels need L divisible by "
+        raise ConfigError(f"config.model.channel_mult: {len(mult)} levels need L divisible by "
                          f"{factor}, got data shape {tuple(example_shape)}")
     if cfg.base_channels % cfg.num_groups:
-        raise ValueError(f"config.model.num_groups ({cfg.num_groups}) must divide "
+        raise ConfigError(f"config.model.num_groups ({cfg.num_groups}) must divide "
                          f"base_channels ({cfg.base_channels})")
     if any(cfg.base_channels * m % cfg.num_heads for m in mult):
-        raise ValueError(f"config.model.num_heads ({cfg.num_heads}) must divide every level "
+        raise ConfigError(f"config.model.num_heads ({cfg.num_heads}) must divide every level "
                          f"width base_channels * channel_mult")
     if not all(_positive_int(r) for r in tuple(cfg.attn_resolutions)):
-        raise ValueError(f"config.model.attn_resolutions must hold positive ints, "
+        raise ConfigError(f"config.model.attn_resolutions must hold positive ints, "
                          f"got {tuple(cfg.attn_resolutions)}")
     if cfg.resample not in RESAMPLE:
-        raise ValueError(f"config.model.resample: unknown {cfg.resample!r}; choose one of "
+        raise ConfigError(f"config.model.resample: unknown {cfg.resample!r}; choose one of "
                          f"{list(RESAMPLE)}")
 
 
