@@ -35,7 +35,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path[:0] = [ROOT, BENCH]
 
-from torch_unet import cpu_info, load_average, replace_section  # noqa: E402
+from common import cpu_info, load_average, replace_section  # noqa: E402
 
 from jaxdiff import classify as DC  # noqa: E402
 from jaxdiff.classify_job import classify_job, heldout_subset, trained_denoiser  # noqa: E402
