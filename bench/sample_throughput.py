@@ -55,18 +55,17 @@ def jax_worker(args) -> dict:
 
     from jaxdiff import parallel, samplers
     from jaxdiff.guidance import CFG
-    from jaxdiff.train import build_setup
+    from jaxdiff.jobs.spec import build_spec
 
     compiles = C.CompileCounter()
 
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     config, shape, classes = TT.bench_model(args.model, args.num_heads, dtype, args.batch)
-    setup, state = build_setup(config, classes, shape)
+    spec = build_spec(config, classes, shape)
     mesh = parallel.make_mesh(config.mesh)
-    params = jax.device_put(state["params"], parallel.replicated(mesh))
+    params = jax.device_put(spec.init_params(), parallel.replicated(mesh))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    den = setup.denoiser(params)
-    del state
+    den = spec.denoiser(params)
     batch_sharding = parallel.batch_sharding(mesh)
     b = args.batch
     indices = jax.device_put(jnp.arange(b), batch_sharding)

@@ -151,30 +151,31 @@ def jax_worker(args) -> dict:
     import numpy as np
 
     from jaxdiff import parallel
-    from jaxdiff.train import build_setup, compile_train_step, place_state
+    from jaxdiff.jobs.train import build_trainer, compile_train_step, place_state
 
     backend = jax.default_backend()
     dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
     config, shape, classes = bench_model(args.model, args.num_heads, dtype, args.batch)
-    setup, state = build_setup(config, classes, shape)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    trainer, state = build_trainer(config, classes, shape)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["model"]["params"]))
     mesh = parallel.make_mesh(config.mesh)
-    step_fn, shard = compile_train_step(setup, state, mesh)
+    step_fn, shard = compile_train_step(trainer, state, mesh)
     state = place_state(state, shard)
     rng = np.random.default_rng(1)
     images = rng.uniform(-1, 1, (args.batch, *shape)).astype(np.float32)
     labels = rng.integers(0, classes, (args.batch,)).astype(np.int32)
     images, labels = parallel.global_batch((images, labels), mesh)
+    batch = dict(x=images, label=labels)
 
     t0 = time.perf_counter()
-    lowered = step_fn.lower(state, images, labels)
+    lowered = step_fn.lower(state, batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     trace_s, compile_s = t1 - t0, time.perf_counter() - t1
     flops = flops_of(compiled)
 
     def step(state):
-        state, m = compiled(state, images, labels)
+        state, m = compiled(state, batch)
         jax.block_until_ready(m)
         return state, m
 
