@@ -20,7 +20,6 @@ It needs a trained workdir; without one it names the command that trains it.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -105,33 +104,30 @@ def classify_cli(args) -> tuple[dict, str, float]:
 
 
 def load_config(path: str, items: list[str]):
-    """The ConfigDict of config file ``path`` (its ``get_config()``) with ``FIELD=VALUE``
-    overrides applied (values parsed as Python literals where they parse)."""
+    """The config of file ``path`` with the ``FIELD=VALUE`` overrides of ``--set`` applied
+    (values parsed as Python literals where they parse, e.g. ``classify.n_samples=(16,64)``)."""
     import ast
 
-    spec = importlib.util.spec_from_file_location("_repro_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    from jaxdiff.config import load_config_file
+
+    overrides = {}
     for item in items:
         dotted, raw = item.split("=", 1)
         try:
-            value = ast.literal_eval(raw)
+            overrides[dotted] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
-            value = raw
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
+            overrides[dotted] = raw
+    return load_config_file(path, overrides)
 
 
 def load_denoiser(config, workdir: str):
     """Restores the model via jaxdiff.jobs.spec: the trained conditional Denoiser of ``workdir``'s
     latest checkpoint (the config's EMA); returns (denoiser, checkpoint step)."""
-    from jaxdiff.jobs import spec
-
+    try:
+        from jaxdiff.jobs import spec
+    except ImportError as e:
+        raise ReproductionFailed(f"the accuracy-vs-NFE curve needs jaxdiff.jobs.spec ({e}); "
+                                 "--no-curve runs the headline only") from e
     return spec.load_denoiser(config, workdir, step=None)
 
 
