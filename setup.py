@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Conditional diffusion models in JAX/Flax NNX: schedules, denoisers, samplers, "
     "guidance, training and evaluation.",
-    packages=find_packages(include=["jaxdiff", "jaxdiff.*"]),
+    packages=find_packages(include=["jaxdiff", "jaxdiff.*", "repro", "repro.*"]),
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10",

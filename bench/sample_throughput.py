@@ -12,25 +12,24 @@ null branches in one batched network call (batch 32):
 
 JAX variants ``default`` and ``2dev`` (two simulated CPU devices, batch sharded over them); the
 PyTorch side runs in the venv of --torch-python.  Each variant in its own process, rounds in
-alternating order.  The JAX worker also counts compilations: after the first call, calls with a
-different CFG scale, seed and labels must reuse the compiled sampler
-(``jaxdiff.samplers.base._run_jit._cache_size()`` unchanged).
+alternating order.  The JAX worker also counts compilations (``bench.common.CompileCounter``,
+JAX's public compile events): after the first call, calls with a different CFG scale, seed and
+labels must compile nothing.  From the repository root:
 
-  python bench/sample_throughput.py                     # measure, write docs/performance.md
-  python bench/sample_throughput.py --iters 1 --warmup 1 --rounds 1 --samplers ddim:3,heun:2 --no-write
+  python -m bench.sample_throughput                     # measure, write docs/performance.md
+  python -m bench.sample_throughput --iters 1 --warmup 1 --rounds 1 --samplers ddim:3,heun:2 --no-write
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import torch_unet as T  # noqa: E402
-import train_throughput as TT  # noqa: E402  (model config, variants, versions)
+from bench import common as C
+from bench import train_throughput as TT  # the benchmark models
+
+MODULE = "bench.sample_throughput"
 
 SAMPLER_GRIDS = {"ddim": "uniform_t", "heun": "karras"}
 VARIANT_LABELS = {
@@ -56,17 +55,17 @@ def jax_worker(args) -> dict:
 
     from jaxdiff import parallel, samplers
     from jaxdiff.guidance import CFG
-    from jaxdiff.samplers.base import _run_jit
-    from jaxdiff.train import build_setup
+    from jaxdiff.jobs.spec import build_spec
+
+    compiles = C.CompileCounter()
 
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     config, shape, classes = TT.bench_model(args.model, args.num_heads, dtype, args.batch)
-    setup, state = build_setup(config, classes, shape)
+    spec = build_spec(config, classes, shape)
     mesh = parallel.make_mesh(config.mesh)
-    params = jax.device_put(state["params"], parallel.replicated(mesh))
+    params = jax.device_put(spec.init_params(), parallel.replicated(mesh))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    den = setup.denoiser(params)
-    del state
+    den = spec.denoiser(params)
     batch_sharding = parallel.batch_sharding(mesh)
     b = args.batch
     indices = jax.device_put(jnp.arange(b), batch_sharding)
@@ -84,11 +83,11 @@ def jax_worker(args) -> dict:
 
     runs = {}
     for name, steps in parse_samplers(args.samplers):
-        before = _run_jit._cache_size()
+        before = compiles.count
         t0 = time.perf_counter()
         out = call(name, steps, 2.0, 0)
         first = time.perf_counter() - t0
-        after_first = _run_jit._cache_size()
+        after_first = compiles.count
         for s in range(1, args.warmup):
             call(name, steps, 2.0, s)
         times = []
@@ -97,8 +96,8 @@ def jax_worker(args) -> dict:
             call(name, steps, 2.0, 100 + s)
             times.append(time.perf_counter() - t0)
         call(name, steps, 3.5, 999)          # another CFG scale, seed and labels
-        after_all = _run_jit._cache_size()
-        summ = T.summarize(times)
+        after_all = compiles.count
+        summ = C.summarize(times)
         runs[name] = dict(sampler=name, steps=steps, nfe=out.nfe, first_s=first,
                           compile_s_est=first - summ["median_s"],
                           compiles_first_call=after_first - before,
@@ -109,19 +108,20 @@ def jax_worker(args) -> dict:
                 dtype=dtype, shape=list(shape), xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
-def worker_cmd(args, variant: str) -> list[str]:
+def worker_cmd(args, variant: str) -> tuple[list[str], str]:
+    """(command, working directory) of one sampling worker of ``variant``."""
     common = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch),
               "--samplers", args.samplers]
     if variant == "torch":
-        return [T.torch_python(args.torch_python), os.path.join(TT.REPO, "bench", "torch_unet.py"),
-                "sample", *common]
-    return [sys.executable, T.worker_script(args, variant, __file__), "--worker", *common,
-            "--num-heads", str(args.num_heads), "--model", args.model,
-            *(["--dtype", args.dtype] if args.dtype else [])]
+        cmd, cwd = C.torch_worker_cmd(args, "sample")
+        return [*cmd, *common], cwd
+    cmd, cwd = C.jax_worker_cmd(args, variant, MODULE)
+    return [*cmd, *common, "--num-heads", str(args.num_heads), "--model", args.model,
+            *(["--dtype", args.dtype] if args.dtype else [])], cwd
 
 
 def report_calls(args):
-    """TT.run_all's progress line for sampling workers: one per sampler."""
+    """run_all's progress line for sampling workers: one per sampler."""
     def report(r: int, v: str, res: dict) -> None:
         for name, run in res["runs"].items():
             extra = ("" if v == "torch" else
@@ -135,7 +135,7 @@ def report_calls(args):
 
 def render(args, results, meta) -> str:
     samplers_ = parse_samplers(args.samplers)
-    jax_any = TT.first_jax_result(results)
+    jax_any = C.first_jax_result(results)
     shape = "x".join(map(str, jax_any["shape"]))
     lines = [
         "## Sampling" + ("" if args.model == "default" else f": `{args.model}` network"),
@@ -172,7 +172,7 @@ def render(args, results, meta) -> str:
             med = statistics.median(x["median_s"] for x in runs)
             comp = "-" if v == "torch" else " / ".join(f"{x['compile_s_est']:.1f}" for x in runs)
             ratio = f"{torch_med / med:.2f}x" if torch_med else "-"
-            label = T.variant_label(VARIANT_LABELS, args, v)
+            label = C.variant_label(VARIANT_LABELS, args, v)
             if v == "torch":
                 label += " (DDIMScheduler)" if name == "ddim" else " (HeunDiscreteScheduler)"
             lines.append(
@@ -189,9 +189,12 @@ def render(args, results, meta) -> str:
             firsts = [r["runs"][name]["compiles_first_call"] for r in rs]
             rec.append(f"{v}/{name}: first call compiled {max(firsts)}, later calls "
                        f"{'/'.join(map(str, counts))}")
-    lines += ["Recompile counter (`jaxdiff.samplers.base._run_jit._cache_size()`; after the first "
-              "call, the timed calls use new seeds and labels and a last call also changes the CFG "
-              "scale from 2 to 3.5; 0 means no recompilation): " + "; ".join(rec) + ".", ""]
+    lines += ["Compile counter (`bench.common.CompileCounter`: XLA backend compilations in the "
+              "worker process, from JAX's `/jax/core/compile/backend_compile_duration` events; "
+              "the first call's count includes the small helper programs it needs; after the "
+              "first call, the timed calls use new seeds and labels and a last call also "
+              "changes the CFG scale from 2 to 3.5; 0 means nothing was compiled again): "
+              + "; ".join(rec) + ".", ""]
     return "\n".join(lines)
 
 
@@ -210,24 +213,24 @@ def main(argv=None) -> None:
                    "network (JAX variants only)")
     p.add_argument("--dtype", default=None, help="compute dtype (default float32 on CPU, "
                    "bfloat16 on GPU)")
-    T.add_runner_args(p)
-    args = T.parse_runner(p, argv, jax_worker)
+    C.add_runner_args(p)
+    args = C.parse_runner(p, argv, jax_worker)
     if args is None:
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.model != "default" and "torch" in variants:
         p.error(f"--model {args.model}: there is no matched PyTorch network; pass JAX "
                 "--variants only (e.g. --variants default)")
-    wait = T.wait_for_load(args.wait_load, args.wait_timeout)
-    with T.baseline_checkout(TT.REPO, args.baseline) as (args.baseline_path, args.baseline_short):
-        results = TT.run_all(args, T.with_baseline(variants, args.baseline), worker_cmd,
-                             "sample", report_calls(args))
+    wait = C.wait_for_load(args.wait_load, args.wait_timeout)
+    with C.baseline_checkout(C.REPO, args.baseline) as (args.baseline_path, args.baseline_short):
+        results = C.run_all(args, C.with_baseline(variants, args.baseline), worker_cmd,
+                            "sample", report_calls(args))
     torch_res = results["torch"][0] if "torch" in results else {}
-    meta = T.run_meta(__file__, argv, wait, torch=torch_res.get("torch", "-"),
-                      diffusers=torch_res.get("diffusers", "-"), **TT.versions())
-    T.publish(render(args, results, meta), TT.DOC,
-              TT.doc_section("sampling", args.model, TT.results_backend(results)),
-              TT.DOC_HEADER, not args.no_write)
+    meta = C.run_meta(MODULE, argv, wait, torch=torch_res.get("torch", "-"),
+                      diffusers=torch_res.get("diffusers", "-"), **C.versions())
+    C.publish(render(args, results, meta),
+              C.doc_section("sampling", args.model, C.results_backend(results)),
+              not args.no_write)
 
 
 if __name__ == "__main__":

@@ -11,41 +11,25 @@ own process; rounds alternate the order; each process does warm-up steps and the
   2dev       XLA_FLAGS=--xla_force_host_platform_device_count=2: data parallel over two
              simulated CPU devices (jaxdiff's flag on)
 
-plus ``torch`` (diffusers, eager, in the venv given by --torch-python).  On a GPU backend the JAX
-worker also reports MFU (FLOPs from the compiled step's cost analysis / step time / peak of the
-device kind); that path runs only on a GPU machine.
+plus ``torch`` (diffusers, eager, in the venv given by --torch-python).  On an accelerator
+backend (GPU, TPU) the JAX worker also reports MFU (FLOPs from the compiled step's cost analysis
+/ step time / dense peak of the device kind); ``--model`` picks the network of a full-scale
+config instead of the default U-Net (JAX only).  From the repository root:
 
-  python bench/train_throughput.py                    # measure, write docs/performance.md
-  python bench/train_throughput.py --setup-venv       # first create the PyTorch venv
-  python bench/train_throughput.py --iters 1 --warmup 1 --rounds 1 --no-write   # smoke test
+  python -m bench.train_throughput                    # measure, write docs/performance.md
+  python -m bench.train_throughput --setup-venv       # first create the PyTorch venv
+  python -m bench.train_throughput --iters 1 --warmup 1 --rounds 1 --no-write   # smoke test
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import time
-from importlib import metadata
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import torch_unet as T  # noqa: E402  (stdlib-only helpers; torch is imported in its workers)
+from bench import common as C
 
-REPO = T.REPO
-DOC = os.path.join(REPO, "docs", "performance.md")
-DOC_HEADER = """# Performance
-
-CPU (and, where a GPU was available, GPU) throughput of jaxdiff's default U-Net against the
-closest diffusers U-Net in PyTorch, measured in the same run.  How to reproduce: `bench/README.md`.
-"""
-
-JAX_VARIANTS = {
-    "default": {"JAXDIFF_NO_XLA_FLAGS": None, "XLA_FLAGS": None},
-    "flag_off": {"JAXDIFF_NO_XLA_FLAGS": "1", "XLA_FLAGS": None},
-    "2dev": {"JAXDIFF_NO_XLA_FLAGS": None,
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-}
+MODULE = "bench.train_throughput"
 VARIANT_LABELS = {
     "default": "JAX, jaxdiff default (its CPU XLA flag on)",
     "flag_off": "JAX, flag off (`JAXDIFF_NO_XLA_FLAGS=1`)",
@@ -123,7 +107,7 @@ def model_config(num_heads: int = 1, dtype: str = "float32", batch: int = 32):
 
 
 # --model: the default U-Net above, or the network of a full-scale experiment config (JAX only;
-# the accelerator mode of issue #5): config file, data shape, classes.
+# the accelerator benchmarks): config file, data shape, classes.
 CONFIG_MODELS = {
     "cifar10_unet": ("cifar10_unet.py", (32, 32, 3), 10),
     "cifar10_edm": ("cifar10_edm.py", (32, 32, 3), 10),
@@ -142,7 +126,7 @@ def bench_model(name: str, num_heads: int = 1, dtype: str = "float32", batch: in
     from jaxdiff.config import load_config_file
 
     fname, shape, classes = CONFIG_MODELS[name]
-    config = load_config_file(os.path.join(REPO, "configs", fname),
+    config = load_config_file(os.path.join(C.REPO, "configs", fname),
                               {"model.dtype": dtype, "train.batch_size": batch})
     return config, shape, classes
 
@@ -167,30 +151,31 @@ def jax_worker(args) -> dict:
     import numpy as np
 
     from jaxdiff import parallel
-    from jaxdiff.train import build_setup, compile_train_step, place_state
+    from jaxdiff.jobs.train import build_trainer, compile_train_step, place_state
 
     backend = jax.default_backend()
     dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
     config, shape, classes = bench_model(args.model, args.num_heads, dtype, args.batch)
-    setup, state = build_setup(config, classes, shape)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    trainer, state = build_trainer(config, classes, shape)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["model"]["params"]))
     mesh = parallel.make_mesh(config.mesh)
-    step_fn, shard = compile_train_step(setup, state, mesh)
+    step_fn, shard = compile_train_step(trainer, state, mesh)
     state = place_state(state, shard)
     rng = np.random.default_rng(1)
     images = rng.uniform(-1, 1, (args.batch, *shape)).astype(np.float32)
     labels = rng.integers(0, classes, (args.batch,)).astype(np.int32)
     images, labels = parallel.global_batch((images, labels), mesh)
+    batch = dict(x=images, label=labels)
 
     t0 = time.perf_counter()
-    lowered = step_fn.lower(state, images, labels)
+    lowered = step_fn.lower(state, batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     trace_s, compile_s = t1 - t0, time.perf_counter() - t1
     flops = flops_of(compiled)
 
     def step(state):
-        state, m = compiled(state, images, labels)
+        state, m = compiled(state, batch)
         jax.block_until_ready(m)
         return state, m
 
@@ -210,7 +195,7 @@ def jax_worker(args) -> dict:
                backend=backend, devices=jax.device_count(),
                device_kind=jax.devices()[0].device_kind, dtype=dtype,
                xla_flags=os.environ.get("XLA_FLAGS", ""), flops_per_step=flops,
-               **T.summarize(times))
+               **C.summarize(times))
     if backend != "cpu" and flops:
         # cost_analysis counts one device's program; with several devices multiply by them.
         total = flops * (jax.device_count() if jax.device_count() > 1 else 1)
@@ -221,49 +206,17 @@ def jax_worker(args) -> dict:
     return out
 
 
-def versions() -> dict:
-    v = {}
-    for pkg in ("jax", "jaxlib", "flax", "optax"):
-        try:
-            v[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            v[pkg] = "not installed"
-    return v
-
-
-def variant_env(variant: str) -> dict:
-    """Environment changes of a variant's worker ('baseline' runs with the default flags)."""
-    if variant == "torch":
-        return {}
-    return JAX_VARIANTS["default" if variant == "baseline" else variant]
-
-
-def worker_cmd(args, variant: str) -> list[str]:
+def worker_cmd(args, variant: str) -> tuple[list[str], str]:
+    """(command, working directory) of one train-step worker of ``variant``."""
     common = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--batch", str(args.batch)]
     if variant == "torch":
-        return [T.torch_python(args.torch_python), os.path.join(REPO, "bench", "torch_unet.py"),
-                "train", *common]
-    cmd = [sys.executable, T.worker_script(args, variant, __file__), "--worker", *common,
-           "--num-heads", str(args.num_heads), "--model", args.model]
+        cmd, cwd = C.torch_worker_cmd(args, "train")
+        return [*cmd, *common], cwd
+    cmd, cwd = C.jax_worker_cmd(args, variant, MODULE)
+    cmd += [*common, "--num-heads", str(args.num_heads), "--model", args.model]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
-    return cmd
-
-
-def run_all(args, variants: list[str], cmd_fn, label: str, report) -> dict[str, list[dict]]:
-    """Alternating rounds: round r runs the variants in order (r even) or reversed (r odd).
-
-    Each variant's worker runs ``cmd_fn(args, variant)`` in ``variant_env(variant)``;
-    ``report(round, variant, result)`` prints its progress line."""
-    results: dict[str, list[dict]] = {v: [] for v in variants}
-    for r in range(args.rounds):
-        order = variants if r % 2 == 0 else list(reversed(variants))
-        for v in order:
-            res = T.run_worker(cmd_fn(args, v), env=variant_env(v), label=f"{label}:{v}")
-            res["load_after"] = T.load_average()
-            results[v].append(res)
-            report(r, v, res)
-    return results
+    return cmd, cwd
 
 
 def report_step(args):
@@ -273,24 +226,6 @@ def report_step(args):
               f"({args.batch / res['median_s']:.1f} images/s)  peak RSS "
               f"{res['peak_rss_mib']:.0f} MiB  load {res['load_after']:.2f}", flush=True)
     return report
-
-
-def first_jax_result(results: dict[str, list[dict]]) -> dict:
-    """The first JAX worker's result of a run ({} when only PyTorch ran)."""
-    return next((r[0] for v, r in results.items() if v != "torch"), {})
-
-
-def results_backend(results: dict[str, list[dict]]) -> str:
-    """The JAX backend the workers of a run reported ('cpu' when only PyTorch ran)."""
-    return first_jax_result(results).get("backend", "cpu")
-
-
-def doc_section(kind: str, model: str, backend: str) -> str:
-    """The docs/performance.md section of a run: ``kind`` ('training', 'sampling', ...), then
-    the model when not the default U-Net, then the JAX backend when not the CPU (a GPU run must
-    not replace the CPU comparison tables), e.g. 'training', 'training-cifar10_unet-gpu'."""
-    return "-".join([kind] + ([model] if model != "default" else [])
-                    + ([backend] if backend != "cpu" else []))
 
 
 def render(args, results, meta) -> str:
@@ -307,10 +242,10 @@ def render(args, results, meta) -> str:
             f"{r['trace_s'] + r['compile_s']:.1f}" for r in rs))
         rss = max(r["peak_rss_mib"] for r in rs)
         ratio = f"{torch_med / med:.2f}x" if torch_med else "-"
-        label = T.variant_label(VARIANT_LABELS, args, v)
+        label = C.variant_label(VARIANT_LABELS, args, v)
         rows.append(f"| {label} | {rs[0]['params']:,} | {comp} | {rounds} | "
                     f"{args.batch / med:.1f} | {rss:.0f} | {ratio} |")
-    jax_any = first_jax_result(results)
+    jax_any = C.first_jax_result(results)
     torch_any = results["torch"][0] if "torch" in results else {}
     lines = [
         "## Training" + ("" if args.model == "default" else f": `{args.model}` network"),
@@ -372,21 +307,21 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="default", choices=MODELS,
                    help="the default U-Net (compared with PyTorch) or a full-scale config's "
                    "network (JAX variants only; for GPU / TPU MFU)")
-    T.add_runner_args(p)
-    args = T.parse_runner(p, argv, jax_worker)
+    C.add_runner_args(p)
+    args = C.parse_runner(p, argv, jax_worker)
     if args is None:
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.model != "default" and "torch" in variants:
         p.error(f"--model {args.model}: there is no matched PyTorch network; pass JAX "
                 "--variants only (e.g. --variants default)")
-    wait = T.wait_for_load(args.wait_load, args.wait_timeout)
-    with T.baseline_checkout(REPO, args.baseline) as (args.baseline_path, args.baseline_short):
-        results = run_all(args, T.with_baseline(variants, args.baseline), worker_cmd, "train",
-                          report_step(args))
-    meta = T.run_meta(__file__, argv, wait, **versions())
-    T.publish(render(args, results, meta), DOC,
-              doc_section("training", args.model, results_backend(results)), DOC_HEADER,
+    wait = C.wait_for_load(args.wait_load, args.wait_timeout)
+    with C.baseline_checkout(C.REPO, args.baseline) as (args.baseline_path, args.baseline_short):
+        results = C.run_all(args, C.with_baseline(variants, args.baseline), worker_cmd, "train",
+                            report_step(args))
+    meta = C.run_meta(MODULE, argv, wait, **C.versions())
+    C.publish(render(args, results, meta),
+              C.doc_section("training", args.model, C.results_backend(results)),
               not args.no_write)
 
 

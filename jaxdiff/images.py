@@ -1,7 +1,7 @@
 """Image conversion and sample grids.
 
 Images are NHWC float32 in [-1, 1]; conversion to uint8 is ``clip(round(x * 127.5 + 127.5))``
-(shared/design.md conventions).
+(docs/conventions.md).
 """
 from __future__ import annotations
 

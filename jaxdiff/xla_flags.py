@@ -2,8 +2,8 @@
 
 On x86 CPUs, jaxlib 0.10's default routes convolutions and dots through the experimental YNN
 fusion path, which runs a class-conditional U-Net's train step ~2.5-4x slower than XLA's Eigen
-path (shared/perf-notes.md: weight-gradient 3x3 convolutions at 62 vs 198 GFLOP/s on the 2-core
-CI machine; measured here: mnist5k train step 2.69 s -> 0.70 s, identical loss to 7 digits).
+path (a 3x3 convolution's weight gradient at 62 vs 198 GFLOP/s on a 2-core CPU; the mnist5k
+train step 2.69 s -> 0.70 s, identical loss to 7 digits; docs/performance.md).
 The flag only selects which CPU kernels run (results agree to float32 rounding) and does
 nothing on GPU/TPU.  It is appended to ``XLA_FLAGS`` at import, before any backend starts, and
 only for jaxlib versions known to accept it (an unknown flag aborts XLA).  Opt out with

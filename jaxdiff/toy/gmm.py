@@ -1,4 +1,4 @@
-"""Analytic Gaussian-mixture oracle (shared/methods.md section 0).
+"""Analytic Gaussian-mixture oracle: exact scores, denoisers, posteriors and tilts.
 
 Data: x0 ~ sum_k pi_k N(mu_k, s_k^2 I) in d dimensions; each component k belongs to a class
 c_k in {0, ..., C-1}.  Under any forward process x_t = alpha x0 + sigma eps everything is exact:

@@ -1,0 +1,1 @@
+"""jaxdiff performance benchmarks (run from the repository root as ``python -m bench.NAME``)."""
