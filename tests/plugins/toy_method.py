@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxdiff.errors import ConfigError
+from jaxdiff.config import number
 from jaxdiff.guidance import Guided, register_guidance
 from jaxdiff.objectives import Objective, register_objective
 from jaxdiff.objectives.denoising import DenoisingObjective
@@ -35,8 +35,7 @@ jax.tree_util.register_dataclass(Shift, data_fields=["inner", "shift"], meta_fie
 
 
 def _check_shift(section):
-    if not isinstance(section.shift, (int, float)):
-        raise ConfigError(f"config.guidance.shift: must be a number, got {section.shift!r}")
+    number(section.shift, "guidance.shift")
 
 
 @register_guidance("toy_shift", defaults=lambda: ml_collections.ConfigDict(dict(shift=0.0)),
@@ -79,8 +78,7 @@ class TwoNetwork(Objective):
 
 
 def _check_two_net(section, config=None):
-    if not section.aux_lr > 0:
-        raise ConfigError(f"config.objective.aux_lr: must be > 0, got {section.aux_lr!r}")
+    number(section.aux_lr, "objective.aux_lr", low=0.0, low_open=True)
 
 
 register_objective("toy_two_net", defaults=lambda: ml_collections.ConfigDict(dict(aux_lr=1e-2)),

@@ -1,0 +1,98 @@
+"""Conformance: every registered guidance transform (``jaxdiff.guidance.GUIDANCE``, plus the
+test-only kit of tests/plugins/toy_method.py) built from its default config section passes the
+same checks, so a newly registered transform gets them for free:
+
+* its own check accepts its defaults and rejects a non-number in each numeric field;
+* output shape and dtype equal the input's; jit and no-jit agree;
+* batch-size invariance: example 0 alone equals example 0 in a batch of 3;
+* changing a numeric field's value does not recompile a jitted function of the transform.
+"""
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import schedules
+from jaxdiff.errors import ConfigError
+from jaxdiff.guidance import GUIDANCE, build_guidance, check_guidance, guidance_config
+from jaxdiff.toy import gmm as G
+from tests.plugins import toy_method  # noqa: F401  (registers the test-only transform)
+
+MIX = G.toy_mixture_2d(num_classes=3)
+DEN = G.oracle_denoiser(MIX, schedules.EDM())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """The part of a run spec a guidance builder reads."""
+
+    num_classes: int = MIX.num_classes
+
+    @property
+    def null(self):
+        return self.num_classes
+
+
+def _numeric_fields(section):
+    return [k for k, v in section.items()
+            if k != "name" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _inputs(b):
+    x = jax.random.normal(jax.random.key(1), (b, 2)) * 3.0
+    t = jnp.full((b,), 0.4)
+    y = jnp.arange(b, dtype=jnp.int32) % MIX.num_classes
+    return x, t, y
+
+
+@pytest.mark.parametrize("name", sorted(GUIDANCE))
+def test_defaults_pass_and_bad_values_are_named(name):
+    section = guidance_config(name)
+    check_guidance(section)
+    for field in _numeric_fields(section):
+        bad = guidance_config(name)
+        bad[field] = float("nan")
+        with pytest.raises(ConfigError, match=f"config.guidance.{field}"):
+            check_guidance(bad)
+
+
+@pytest.mark.parametrize("name", sorted(GUIDANCE))
+def test_shape_dtype_jit_and_batch_invariance(name):
+    den = build_guidance(DEN, guidance_config(name), _Spec())
+    x, t, y = _inputs(3)
+
+    outs = [fn(den, x, t, y) for fn in (jax.jit(lambda d, x, t, y: d(x, t, y)),
+                                        lambda d, x, t, y: d(x, t, y))]
+    for out in outs:
+        chex.assert_shape(out, x.shape)
+        chex.assert_type(out, jnp.float32)
+    chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    alone = den(x[:1], t[:1], y[:1])
+    chex.assert_trees_all_close(alone[0], outs[1][0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(GUIDANCE))
+def test_numeric_fields_are_traced(name):
+    section = guidance_config(name)
+    fields = _numeric_fields(section)
+    if not fields:
+        pytest.skip(f"{name} has no numeric field")
+    traces = []
+
+    @jax.jit
+    def call(d, x, t, y):
+        traces.append(1)
+        return d(x, t, y)
+
+    x, t, y = _inputs(3)
+    outs = []
+    for bump in (0.0, 0.25):
+        s = guidance_config(name)
+        for field in fields:
+            s[field] = float(s[field]) + bump if field != "t_hi" else float(s[field])
+        outs.append(call(build_guidance(DEN, s, _Spec()), x, t, y))
+    assert len(traces) == 1, f"{name}: a new value of {fields} recompiled"
+    assert not np.array_equal(np.asarray(outs[0]), np.asarray(outs[1]))
