@@ -204,6 +204,11 @@ def test_bad_options_are_rejected_before_compiling(name):
         assert "\n" not in str(err.value)
         with pytest.raises(ValueError, match=match):
             samplers.SAMPLERS.check(name, options)
+        with pytest.raises(ValueError, match=match):
+            samplers.check_options(name, options)
+    samplers.check_options(name, dict(spec.defaults))
+    with pytest.raises(ValueError, match="no option"):
+        samplers.check_options(name, {"not_an_option": 1.0})
     assert samplers.compile_count() == before
 
 

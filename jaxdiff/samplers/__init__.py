@@ -9,8 +9,9 @@ from jaxdiff.samplers import heun  # noqa: F401  (registers heun, heun_sde)
 from jaxdiff.samplers import ipndm  # noqa: F401  (registers ipndm)
 from jaxdiff.samplers import unipc  # noqa: F401  (registers unipc)
 from jaxdiff.samplers.base import (SAMPLERS, SampleOutput, SamplerContext, SamplerSpec,
-                                   SolverCarry, compile_count, get_sampler, nfe_of, register,
-                                   sample, steps_for_nfe)
+                                   SolverCarry, check_options, compile_count, get_sampler, nfe_of,
+                                   register, sample, steps_for_nfe)
 
 __all__ = ["SAMPLERS", "SampleOutput", "SamplerContext", "SamplerSpec", "SolverCarry",
-           "compile_count", "get_sampler", "nfe_of", "register", "sample", "steps_for_nfe"]
+           "check_options", "compile_count", "get_sampler", "nfe_of", "register", "sample",
+           "steps_for_nfe"]

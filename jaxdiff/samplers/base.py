@@ -215,6 +215,12 @@ def get_sampler(name: str) -> SamplerSpec:
     return SAMPLERS.entry(name).obj
 
 
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raises a one-line ValueError for an option ``name`` does not take or a bad value of one
+    it takes (``SamplerSpec.resolve_options``); traced values are not checked."""
+    get_sampler(name).resolve_options(dict(options))
+
+
 def nfe_of(name: str, steps: int) -> int:
     """Denoiser evaluations used by ``name`` with ``steps`` steps (a full solve)."""
     return int(get_sampler(name).nfe(int(steps)))
