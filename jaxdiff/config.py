@@ -188,9 +188,7 @@ def _check_sample(s, config, **_) -> None:
     from jaxdiff.samplers import SAMPLERS, check_options
     from jaxdiff.schedules import GRID_KINDS
 
-    if s.sampler not in SAMPLERS:
-        raise ConfigError(f"config.sample.sampler: unknown sampler {s.sampler!r}; choose one of "
-                          f"{sorted(SAMPLERS)}")
+    SAMPLERS.entry(s.sampler, "sample.sampler")
     try:
         check_options(s.sampler, dict(s.options))
     except ValueError as e:

@@ -25,8 +25,9 @@ Schedules:
     grid in t *is* the Karras rho-grid.
   * ``RectifiedFlow``  Liu et al. 2023 / Lipman et al. 2023: alpha = 1 - t, sigma = t.
 
-Samplers never evaluate a denoiser at ``t = 0``; every sampling grid ends with an explicit
-zero-noise point (see ``sampling_grid``).
+Samplers never evaluate a denoiser at ``t = 0``: a sampling grid either ends with an explicit
+zero-noise point (a full solve, the default) or at a real noisy point ``t_end > 0`` (a partial
+solve, ``Grid.clean_end = False``); see ``sampling_grid``, ``grid_from_times`` and ``Grid.split``.
 """
 from __future__ import annotations
 
@@ -317,49 +318,86 @@ class Grid:
     """A decreasing sampling grid of ``steps + 1`` points.
 
     Arrays (float32, shape (steps + 1,)):
-      t:        times fed to the denoiser (t[-1] = 0 is never evaluated).
-      alpha:    alpha(t); alpha[-1] = 1.
-      sigma_ve: sigma(t) / alpha(t); strictly decreasing, sigma_ve[-1] = 0 exactly.
+      t:        times fed to the denoiser (with a clean end, t[-1] is never evaluated).
+      alpha:    alpha(t); with a clean end alpha[-1] = 1.
+      sigma_ve: sigma(t) / alpha(t) (dimensionless noise level of x / alpha); strictly decreasing.
+    Static:
+      clean_end: True (default): the last point is zero noise, sigma_ve[-1] = 0 exactly, and a
+        solve over the grid ends with a sample of the data.  False: the last point is a real
+        noisy point, sigma_ve[-1] > 0 (log-SNR finite), and a solve ends with a noisy state
+        there (a partial solve; continue it on a grid that starts at t[-1]).
     """
 
     t: Array
     alpha: Array
     sigma_ve: Array
+    clean_end: bool = True
 
     @property
     def steps(self) -> int:
         return int(self.t.shape[0]) - 1
 
+    def split(self, m: int) -> tuple["Grid", "Grid"]:
+        """The grid cut at point m into two segments that share that point.
 
-jax.tree_util.register_dataclass(Grid, data_fields=["t", "alpha", "sigma_ve"], meta_fields=[])
+        Returns (points 0..m, ending noisy at t[m]; points m..steps, with this grid's end), of
+        m and steps - m steps.  The arrays are slices of this grid's, so solving the segments
+        one after the other visits exactly the noise levels of one solve over this grid.
+        """
+        if not isinstance(m, (int, np.integer)) or not 1 <= m < self.steps:
+            raise ValueError(f"Grid.split: need an integer 1 <= m < steps = {self.steps}, "
+                             f"got {m!r}")
+        m = int(m)
+        first = Grid(self.t[:m + 1], self.alpha[:m + 1], self.sigma_ve[:m + 1], clean_end=False)
+        second = Grid(self.t[m:], self.alpha[m:], self.sigma_ve[m:], clean_end=self.clean_end)
+        return first, second
+
+
+jax.tree_util.register_dataclass(Grid, data_fields=["t", "alpha", "sigma_ve"],
+                                 meta_fields=["clean_end"])
 
 GRID_KINDS = ("uniform_t", "uniform_logsnr", "quadratic", "karras")
 
 
 def sampling_grid(schedule: Schedule, steps: int, kind: str = "uniform_t", *,
                   t_min: float | None = None, t_max: float | None = None,
-                  rho: float = 7.0) -> Grid:
-    """Builds a sampling grid from ``t_max`` down to ``t_min``, then one final step to zero noise.
+                  rho: float = 7.0, t_end: float | None = None) -> Grid:
+    """Builds a sampling grid from ``t_max`` down to ``t_min``, then one final step to zero noise;
+    or, with ``t_end``, from ``t_max`` down to the noisy time ``t_end`` (a partial solve).
 
-    Kinds:
-      uniform_t:       t_i linear in i (DDIM's "uniform" spacing).
-      uniform_logsnr:  logsnr linear in i (DPM-Solver's recommended spacing for pixel models).
-      quadratic:       t_i = t_min + (t_max - t_min) (1 - i/(n-1))^2 (DDIM's "quad" spacing).
-      karras:          sigma_ve_i^(1/rho) linear in i (EDM, Eq. 5), mapped back to t.
+    Kinds (u runs over [0, 1] from the first to the last noisy point):
+      uniform_t:       t linear in u (DDIM's "uniform" spacing).
+      uniform_logsnr:  logsnr linear in u (DPM-Solver's recommended spacing for pixel models).
+      quadratic:       t = t_lo + (t_hi - t_lo) (1 - u)^2 (DDIM's "quad" spacing).
+      karras:          sigma_ve^(1/rho) linear in u (EDM, Eq. 5), mapped back to t.
 
-    ``steps`` is the number of solver steps; the grid has ``steps`` noisy points followed by the
-    clean point (steps = 1 gives [t_max, clean]).
+    ``steps`` is the number of solver steps.  Without ``t_end`` the grid has ``steps`` noisy
+    points, t_max ... t_min, followed by the clean point (steps = 1 gives [t_max, clean]).  With
+    ``t_end`` (0 < t_end < t_max; ``t_min`` must then be None) it has ``steps + 1`` noisy points
+    t_max ... t_end and ``clean_end = False``.  To cut one solve into segments that reproduce it
+    exactly, build the whole grid and use ``Grid.split``.
     """
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"number of steps (NFE) must be an integer >= 1, got {steps!r}")
     if kind not in GRID_KINDS:
         raise ValueError(f"unknown grid kind {kind!r}; choose one of {GRID_KINDS}")
-    t_lo = schedule.t_min if t_min is None else float(t_min)
     t_hi = schedule.t_max if t_max is None else float(t_max)
-    if not 0.0 <= t_lo < t_hi <= 1.0:
-        raise ValueError(f"grid needs 0 <= t_min < t_max <= 1, got t_min={t_lo}, t_max={t_hi}")
-    n = int(steps)
-    u = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)  # 0 at t_max, 1 at t_min
+    if t_end is not None:
+        if t_min is not None:
+            raise ValueError("a grid ending at a noisy t_end takes no t_min (t_end is its last "
+                             "point)")
+        t_lo = float(t_end)
+        if not 0.0 < t_lo < t_hi <= 1.0:
+            raise ValueError(f"grid needs 0 < t_end < t_max <= 1, got t_end={t_lo}, "
+                             f"t_max={t_hi}")
+        n = int(steps) + 1       # noisy points
+    else:
+        t_lo = schedule.t_min if t_min is None else float(t_min)
+        if not 0.0 <= t_lo < t_hi <= 1.0:
+            raise ValueError(f"grid needs 0 <= t_min < t_max <= 1, got t_min={t_lo}, "
+                             f"t_max={t_hi}")
+        n = int(steps)
+    u = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)  # 0 at t_hi, 1 at t_lo
     if kind == "uniform_t":
         t = t_hi + (t_lo - t_hi) * u
     elif kind == "quadratic":
@@ -375,27 +413,41 @@ def sampling_grid(schedule: Schedule, steps: int, kind: str = "uniform_t", *,
             lam = -2.0 * np.log(sig)
         t = np.asarray(schedule.t_from_logsnr(jnp.asarray(lam, jnp.float32)), np.float64)
         t[0], t[-1] = t_hi, (t_lo if n > 1 else t_hi)
+    if t_end is not None:
+        return grid_from_times(schedule, jnp.asarray(t, jnp.float32), end="noisy")
     t = jnp.asarray(np.append(t, 0.0), jnp.float32)
     return grid_from_times(schedule, t)
 
 
-def grid_from_times(schedule: Schedule, t) -> Grid:
-    """A grid from explicit times (decreasing, the last one taken as the clean point).
+def grid_from_times(schedule: Schedule, t, end: str = "clean") -> Grid:
+    """A grid from explicit times t of shape (steps + 1,), strictly decreasing.
 
-    The last entry is always mapped to alpha = 1, sigma_ve = 0. Raises ValueError if the times
-    are not strictly decreasing.
+    end = 'clean' (default): the last entry is taken as the clean point and mapped to alpha = 1,
+    sigma_ve = 0.  end = 'noisy': every entry is a real noisy time (t[-1] > 0), the grid has
+    ``clean_end = False`` and a solve over it stops at t[-1].  Raises ValueError if the times or
+    their noise levels are not strictly decreasing.
     """
+    if end not in ("clean", "noisy"):
+        raise ValueError(f"grid end must be 'clean' or 'noisy', got {end!r}")
     t_np = np.asarray(t, np.float64)
     if t_np.ndim != 1 or t_np.shape[0] < 2:
         raise ValueError(f"a time grid needs shape (steps + 1,) with at least 2 points, "
                          f"got shape {t_np.shape}")
-    if not (np.all(np.diff(t_np[:-1]) < 0) and t_np[-1] <= t_np[-2]):
+    clean = end == "clean"
+    noisy_part = t_np[:-1] if clean else t_np
+    if not (np.all(np.diff(noisy_part) < 0) and t_np[-1] <= t_np[-2]):
         raise ValueError(f"time grid must be strictly decreasing (noisy to clean), got {t_np}")
+    if not clean and not t_np[-1] > 0:
+        raise ValueError(f"a grid with a noisy end needs t[-1] > 0, got {t_np[-1]}")
     t = jnp.asarray(t_np, jnp.float32)
-    alpha = schedule.alpha(t).at[-1].set(1.0)
-    sigma_ve = schedule.sigma_ve(t).at[-1].set(0.0)
-    if not np.all(np.diff(np.asarray(sigma_ve)) < 0):
+    alpha = schedule.alpha(t)
+    sigma_ve = schedule.sigma_ve(t)
+    if clean:
+        alpha, sigma_ve = alpha.at[-1].set(1.0), sigma_ve.at[-1].set(0.0)
+    sig = np.asarray(sigma_ve)
+    if not (np.all(np.diff(sig) < 0) and np.all(np.isfinite(sig)) and np.all(sig >= 0)
+            and (clean or sig[-1] > 0)):
         raise ValueError("time grid maps to noise levels that are not strictly decreasing; "
                          "it probably extends outside the schedule's valid range "
                          f"[{schedule.t_min}, {schedule.t_max}]")
-    return Grid(t=t, alpha=alpha, sigma_ve=sigma_ve)
+    return Grid(t=t, alpha=alpha, sigma_ve=sigma_ve, clean_end=clean)

@@ -70,6 +70,22 @@ def test_registry_lists_every_family_and_counts_nfe():
     assert samplers.sample(ORACLE, KEY, (2, 2), sampler="heun", steps=3).nfe == 5
 
 
+def test_registry_is_the_shared_helper():
+    from jaxdiff.errors import ConfigError
+    from jaxdiff.registry import Registry
+
+    assert isinstance(samplers.SAMPLERS, Registry) and samplers.SAMPLERS.kind == "sampler"
+    assert sorted(samplers.SAMPLERS) == sorted(DETERMINISTIC + ["ddpm", "heun_sde"])
+    spec = samplers.SAMPLERS["heun_sde"]
+    assert isinstance(spec, samplers.SamplerSpec) and spec.stochastic
+    assert spec.traced_options == ("s_churn", "s_noise", "s_tmax", "s_tmin")
+    assert samplers.SAMPLERS["unipc"].traced_options == ()       # order fixes the program
+    with pytest.raises(ConfigError, match="unknown sampler 'huen'.*did you mean 'heun'"):
+        samplers.get_sampler("huen")
+    with pytest.raises(ValueError, match="already registered"):
+        samplers.register("euler", nfe=lambda n: n)(lambda ctx, y: y)
+
+
 # ------------------------------------------------------------------------------------------------
 # distribution: every sampler at high NFE is indistinguishable from exact sampling
 # ------------------------------------------------------------------------------------------------
@@ -156,6 +172,31 @@ def test_heun_sde_without_churn_is_heun():
     assert np.min(np.abs(np.asarray(heun_x - churned))) > 0
 
 
+def test_numeric_options_are_traced_and_never_recompile():
+    """eta and the churn options are traced arguments: new values reuse the compiled program
+    (``samplers.compile_count``), and s_churn = 0 is still heun's result bit for bit."""
+    cond = jnp.arange(16) % GMM.num_classes
+    run = functools.partial(samplers.sample, ORACLE, KEY, (16, 2), steps=9, cond=cond)
+    heun_x = run(sampler="heun").x0
+    ddim = {eta: run(sampler="ddim", eta=eta).x0 for eta in (0.0, 0.3, 1.0)}
+    churn = {c: run(sampler="heun_sde", s_churn=c).x0 for c in (0.0, 1.0)}
+    before = samplers.compile_count()
+    ddim.update({eta: run(sampler="ddim", eta=eta).x0 for eta in (0.5, 0.9)})
+    # gamma = min(s_churn / 9, sqrt(2) - 1): 40 is capped, 2 is not
+    churn.update({c: run(sampler="heun_sde", s_churn=c).x0 for c in (2.0, 40.0)})
+    other = run(sampler="heun_sde", s_churn=40.0, s_tmin=0.5, s_tmax=10.0, s_noise=1.1).x0
+    zero_again = run(sampler="heun_sde", s_churn=jnp.float32(0.0)).x0   # an array leaf too
+    assert samplers.compile_count() == before
+    np.testing.assert_array_equal(churn[0.0], heun_x)
+    np.testing.assert_array_equal(zero_again, heun_x)
+    for results in (ddim, churn):
+        values = list(results.values())
+        for i in range(len(values)):
+            for j in range(i):
+                assert not np.allclose(values[i], values[j])
+    assert not np.allclose(other, churn[40.0])
+
+
 def test_churn_outside_its_window_is_algorithm_1():
     """s_churn > 0 but no grid level in [s_tmin, s_tmax]: every gamma_i = 0 and the churn code
     path must reproduce Algorithm 1 bit for bit (run op by op: two different compiled programs
@@ -210,6 +251,101 @@ def test_image_batches_follow_the_closed_form_gaussian_flow(name, tol):
     assert out.shape == x_t.shape
     err = np.max(np.abs(np.asarray(out) - want)) / np.max(np.abs(want - mu))
     assert err < tol, err
+
+
+# ------------------------------------------------------------------------------------------------
+# partial solves (every sampler's segment equality is in test_sampler_conformance.py)
+# ------------------------------------------------------------------------------------------------
+
+def _gaussian_denoiser(sched, mu=0.3, s=0.5):
+    return Denoiser(_GaussianApply(sched), (jnp.float32(mu), jnp.float32(s)), sched,
+                    P.Parameterization("x0"))
+
+
+def test_noisy_end_returns_the_x_space_state():
+    """Gaussian data on VP-cosine (alpha != 1): solving 1 -> t_end returns x = alpha y at
+    t_end, which the probability-flow ODE gives in closed form, y(s) - mu proportional to
+    sqrt(s_data^2 + sigma_ve^2)."""
+    sched = schedules.VPCosine()
+    mu, s = 0.3, 0.5
+    den = _gaussian_denoiser(sched, mu, s)
+    t_end = 0.4
+    x_t = jax.random.normal(jax.random.key(4), (3, 4, 4, 2))
+    out = samplers.sample(den, KEY, x_t.shape, sampler="dpmpp_3m", steps=40,
+                          grid="uniform_logsnr", t_end=t_end, x_start=x_t)
+    g = schedules.sampling_grid(sched, 40, "uniform_logsnr", t_end=t_end)
+    s0, s1, a1 = float(g.sigma_ve[0]), float(g.sigma_ve[-1]), float(g.alpha[-1])
+    y_t = np.asarray(x_t) / float(g.alpha[0])
+    want = a1 * (mu + (y_t - mu) * math.sqrt(s**2 + s1**2) / math.sqrt(s**2 + s0**2))
+    assert not out.clean_end and out.nfe == 40 and a1 < 0.95
+    assert out.x.shape == x_t.shape and out.x.dtype == jnp.float32
+    np.testing.assert_allclose(out.x, want, rtol=2e-4, atol=2e-4)
+    with pytest.raises(ValueError, match="noisy point"):
+        out.x0
+
+
+@pytest.mark.parametrize("name", ["heun_sde", "dpmpp_2m", "unipc"])
+def test_split_solve_on_a_vp_schedule(name):
+    """On VP-cosine the state handed between segments is x = alpha y (divided by alpha again on
+    entry), so the split solve equals the joined one to float32 rounding, not bit for bit."""
+    sched = schedules.VPCosine()
+    den = G.oracle_denoiser(GMM, sched)
+    grid = schedules.sampling_grid(sched, 8, "uniform_logsnr")
+    first_grid, second_grid = grid.split(3)
+    opts = dict(s_churn=2.0, s_noise=1.003) if name == "heun_sde" else {}   # gamma < cap
+    cond = jnp.arange(6) % GMM.num_classes
+    run = functools.partial(samplers.sample, den, KEY, (6, 2), sampler=name, cond=cond, **opts)
+    whole = run(grid=grid)
+    first = run(grid=first_grid, total_steps=8)
+    second = run(grid=second_grid, x_start=first.x, carry=first.carry)
+    np.testing.assert_allclose(second.x0, whole.x0, rtol=1e-5, atol=1e-5)
+    assert first.nfe + second.nfe == whole.nfe
+    if name == "heun_sde":   # the churn's gamma = s_churn / N needs the whole solve's N
+        alone = run(grid=first_grid)      # gamma = 2 / 3 on the first segment, not 2 / 8
+        rest = run(grid=second_grid, x_start=alone.x, carry=alone.carry)
+        assert not np.allclose(rest.x0, whole.x0, atol=1e-3)
+
+
+def test_named_grids_with_t_start_and_t_end_compose():
+    """sample(t_end=t_m) then sample(t_start=t_m) on uniform-t grids: the same times as one
+    uniform-t grid through t_m, so the same solve up to the float32 rounding of the times."""
+    t_min, t_m = 0.1, 0.46
+    full = schedules.sampling_grid(EDM, 6, "uniform_t", t_min=t_min)
+    np.testing.assert_allclose(full.t[3], t_m, rtol=1e-6)
+    run = functools.partial(samplers.sample, ORACLE, KEY, (8, 2), sampler="dpmpp_3m",
+                            grid="uniform_t")
+    whole = run(steps=6, t_min=t_min, x_T=X_T[:8])
+    first = run(steps=3, t_end=t_m, x_start=X_T[:8])
+    second = run(steps=3, t_start=t_m, t_min=t_min, x_start=first.x, carry=first.carry)
+    np.testing.assert_allclose(second.x0, whole.x0, rtol=1e-4, atol=1e-4)
+
+
+def test_partial_solve_errors():
+    g1, g2 = schedules.sampling_grid(EDM, 4, "karras").split(2)
+    run = functools.partial(samplers.sample, ORACLE, KEY, (4, 2))
+    first = run(sampler="euler", grid=g1, x_start=X_T[:4])
+    with pytest.raises(ValueError, match="x_start or x_T"):
+        run(sampler="euler", x_T=X_T[:4], x_start=X_T[:4])
+    with pytest.raises(ValueError, match="x_start"):
+        run(sampler="euler", grid=g2, carry=first.carry)
+    with pytest.raises(ValueError, match="continues sampler 'euler'"):
+        run(sampler="heun", grid=g2, x_start=first.x, carry=first.carry)
+    with pytest.raises(ValueError, match="step_offset"):
+        run(sampler="euler", grid=g2, x_start=first.x, carry=first.carry, step_offset=2)
+    with pytest.raises(ValueError, match="step_offset must be"):
+        run(sampler="euler", grid=g2, x_start=first.x, step_offset=-1)
+    with pytest.raises(ValueError, match="total_steps"):
+        run(sampler="euler", grid=g2, x_start=first.x, step_offset=2, total_steps=3)
+    with pytest.raises(ValueError, match="t_start / t_end"):
+        run(sampler="euler", grid=g2, t_end=0.3)
+    with pytest.raises(ValueError, match="t_start or t_max"):
+        run(sampler="euler", t_start=0.9, t_max=0.8)
+    with pytest.raises(ValueError, match="t_end"):
+        run(sampler="euler", t_end=0.3, t_min=0.1)
+    with pytest.raises(ValueError, match="clean_end"):   # noisy arrays labelled clean
+        run(sampler="euler", grid=schedules.Grid(g1.t, g1.alpha, g1.sigma_ve))
+    with pytest.raises(ValueError, match="clean_end"):
+        run(sampler="euler", grid=schedules.Grid(g2.t, g2.alpha, g2.sigma_ve, clean_end=False))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,3 +430,10 @@ def test_clear_errors():
         samplers.sample(ORACLE, KEY, (4, 2), sampler="ipndm", steps=3, max_order=5)
     with pytest.raises(ValueError, match="s_churn"):
         samplers.sample(ORACLE, KEY, (4, 2), sampler="heun_sde", steps=3, s_churn=-1.0)
+    with pytest.raises(ValueError, match="s_tmin <= s_tmax"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="heun_sde", steps=3, s_tmin=2.0,
+                        s_tmax=1.0)
+    with pytest.raises(ValueError, match="eta must be in"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="ddim", steps=3, eta=1.5)
+    with pytest.raises(ValueError, match="scalar"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler="ddim", steps=3, eta=jnp.zeros(4))

@@ -72,6 +72,60 @@ def test_every_grid_decreases_to_zero_noise(name):
             np.testing.assert_allclose(sig[0], s.sigma_ve(jnp.float32(s.t_max)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_grid_with_a_noisy_end(name):
+    """t_end: steps + 1 real noisy points from t_max down to t_end, spaced like the full grid;
+    no zero-noise point and clean_end False."""
+    s = ALL[name]
+    t_end = 0.5 * (s.t_min + s.t_max)
+    for kind in schedules.GRID_KINDS:
+        for steps in (1, 9):
+            g = schedules.sampling_grid(s, steps, kind, t_end=t_end)
+            sig = np.asarray(g.sigma_ve)
+            assert sig.shape == (steps + 1,) and g.steps == steps and not g.clean_end
+            assert np.all(np.diff(sig) < 0) and sig[-1] > 0, (kind, steps, sig)
+            np.testing.assert_allclose([g.t[0], g.t[-1]], [s.t_max, t_end], rtol=1e-6)
+            np.testing.assert_allclose(sig[-1], s.sigma_ve(jnp.float32(t_end)), rtol=1e-5)
+            np.testing.assert_allclose(g.alpha, s.alpha(g.t), rtol=1e-6)
+    # uniform_t: the points of the grid from t_max to t_end, equally spaced in t
+    g = schedules.sampling_grid(s, 4, "uniform_t", t_end=t_end)
+    np.testing.assert_allclose(g.t, np.linspace(s.t_max, t_end, 5), rtol=1e-6)
+
+
+def test_grid_split_and_noisy_times():
+    s = schedules.EDM()
+    g = schedules.sampling_grid(s, 6, "karras")
+    first, second = g.split(2)
+    assert (first.steps, second.steps) == (2, 4)
+    assert not first.clean_end and second.clean_end
+    for a, b in [(first.t, g.t[:3]), (second.t, g.t[2:]), (first.sigma_ve, g.sigma_ve[:3]),
+                 (second.sigma_ve, g.sigma_ve[2:]), (second.alpha, g.alpha[2:])]:
+        np.testing.assert_array_equal(a, b)
+    # split of a noisy-ended grid keeps the noisy end on its second part
+    a, b = first.split(1)
+    assert not a.clean_end and not b.clean_end and b.steps == 1
+    for m in (0, 6, 2.0):
+        with pytest.raises(ValueError, match="split"):
+            g.split(m)
+    noisy = schedules.grid_from_times(s, [1.0, 0.6, 0.3], end="noisy")
+    assert not noisy.clean_end and float(noisy.sigma_ve[-1]) > 0
+    np.testing.assert_allclose(noisy.sigma_ve, s.sigma_ve(jnp.asarray([1.0, 0.6, 0.3])))
+    clean = schedules.grid_from_times(s, [1.0, 0.6, 0.3])
+    assert clean.clean_end and float(clean.sigma_ve[-1]) == 0.0
+    with pytest.raises(ValueError, match="t\\[-1\\] > 0"):
+        schedules.grid_from_times(s, [1.0, 0.5, 0.0], end="noisy")
+    with pytest.raises(ValueError, match="decreasing"):
+        schedules.grid_from_times(s, [1.0, 0.3, 0.3], end="noisy")
+    with pytest.raises(ValueError, match="'clean' or 'noisy'"):
+        schedules.grid_from_times(s, [1.0, 0.5], end="half")
+    with pytest.raises(ValueError, match="t_min"):
+        schedules.sampling_grid(s, 3, "karras", t_min=0.1, t_end=0.2)
+    with pytest.raises(ValueError, match="t_end"):
+        schedules.sampling_grid(s, 3, "karras", t_end=1.0)
+    with pytest.raises(ValueError, match="t_end"):
+        schedules.sampling_grid(s, 3, "karras", t_end=0.0)
+
+
 @pytest.mark.parametrize("kind", P.KINDS)
 @pytest.mark.parametrize("name", ["vp_cosine", "vp_linear", "ve", "edm"])
 def test_parameterization_round_trip(kind, name):

@@ -8,8 +8,10 @@ from jaxdiff.samplers import euler  # noqa: F401  (registers euler)
 from jaxdiff.samplers import heun  # noqa: F401  (registers heun, heun_sde)
 from jaxdiff.samplers import ipndm  # noqa: F401  (registers ipndm)
 from jaxdiff.samplers import unipc  # noqa: F401  (registers unipc)
-from jaxdiff.samplers.base import (SAMPLERS, SampleOutput, SamplerContext, check_options,
-                                   get_sampler, nfe_of, register, sample, steps_for_nfe)
+from jaxdiff.samplers.base import (SAMPLERS, SampleOutput, SamplerContext, SamplerSpec,
+                                   SolverCarry, check_options, compile_count, get_sampler, nfe_of,
+                                   register, sample, steps_for_nfe)
 
-__all__ = ["SAMPLERS", "SampleOutput", "SamplerContext", "get_sampler", "nfe_of", "register",
-           "sample", "steps_for_nfe"]
+__all__ = ["SAMPLERS", "SampleOutput", "SamplerContext", "SamplerSpec", "SolverCarry",
+           "check_options", "compile_count", "get_sampler", "nfe_of", "register", "sample",
+           "steps_for_nfe"]

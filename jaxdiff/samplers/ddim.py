@@ -7,17 +7,28 @@ In scaled coordinates (y = x / alpha, s = sigma_ve) one step from s to s' reads
 
 eta = 0 is deterministic DDIM (= Euler on the probability-flow ODE in s); eta = 1 samples the
 exact DDPM posterior q(x_{t'} | x_t, x0 = D) (Ho et al. 2020, Eq. 7), which on the full discrete
-VP-linear grid is DDPM's ancestral sampler.  The last step (s' = 0) returns D.
+VP-linear grid is DDPM's ancestral sampler.  With a clean end the last step (s' = 0) returns D
+(c = 0 there); a noisy end (s' > 0) is an ordinary step.  eta is a traced option, checked to lie
+in [0, 1] when concrete (above 1 the deterministic part's coefficient would be imaginary).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.samplers.base import SamplerContext, register
+from jaxdiff.samplers.base import SamplerContext, concrete_number, register
+
+
+def check(options: dict) -> None:
+    """eta in [0, 1] (when it is a concrete number)."""
+    eta = concrete_number(options["eta"])
+    if eta is not None and not 0.0 <= eta <= 1.0:
+        raise ValueError(f"ddim/ddpm: eta must be in [0, 1], got {eta}")
 
 
 def ddim_run(ctx: SamplerContext, y: jax.Array) -> jax.Array:
+    """DDIM.  Option eta.  y: (B, ...) scaled state at grid point 0 -> (B, ...) state at the last
+    grid point; step i's noise is ctx.noise(i)."""
     eta = jnp.asarray(ctx.options["eta"], jnp.float32)
     sig = ctx.grid.sigma_ve
 
@@ -32,5 +43,5 @@ def ddim_run(ctx: SamplerContext, y: jax.Array) -> jax.Array:
     return y
 
 
-register("ddim", nfe=lambda n: n, stochastic=True, eta=0.0)(ddim_run)
-register("ddpm", nfe=lambda n: n, stochastic=True, eta=1.0)(ddim_run)
+register("ddim", nfe=lambda n: n, stochastic=True, check=check, eta=0.0)(ddim_run)
+register("ddpm", nfe=lambda n: n, stochastic=True, check=check, eta=1.0)(ddim_run)

@@ -19,7 +19,13 @@ h_0 = lambda_i - lambda_{i-1}, h_1 = lambda_{i-1} - lambda_{i-2}, and e^{-h} = s
       its test measures third-order convergence.)
 
 Order min(order, i + 1) on step i (the first steps have fewer points), and order 1 on the final
-step to sigma = 0 (lambda = inf), which returns D(y_{N-1}) exactly.  1 NFE per step.
+step to sigma = 0 (lambda = inf), which returns D(y_{N-1}) exactly.  A grid with a noisy end
+(lambda_N finite) keeps the full order on its last step.  1 NFE per step.
+
+Partial solves carry the history: the data predictions D at the last two points and their
+lambdas, and how many points have a prediction, so a segment continued from the carry takes the
+same steps, at the same orders, as one solve over the joined grid.  Without a carry a segment
+restarts at first order.
 """
 from __future__ import annotations
 
@@ -29,21 +35,24 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import SamplerContext, register
-from jaxdiff.samplers.expint import log_snr_steps, multistep_order, phi
+from jaxdiff.samplers.expint import extended_log_snr, log_snr_steps, multistep_order, phi
 
 Array = jax.Array
 
 
 def _weights(sig: Array, lam: Array, i: Array, p: Array) -> tuple[Array, ...]:
     """Scalars (e^{-h}, 1 - e^{-h}, c1, c2) of y' = e^{-h} y + (1 - e^{-h}) D_0
-    + c1 (D_0 - D_1) + c2 (D_1 - D_2) for step i at order p."""
+    + c1 (D_0 - D_1) + c2 (D_1 - D_2) for step i at order p.
+
+    sig: (steps + 1,) grid noise levels; lam: (steps + 3,) ``extended_log_snr``, whose entry
+    i + 2 is grid point i (and i + 1, i the two points before it)."""
     ratio = sig[i + 1] / sig[i]
-    h = lam[i + 1] - lam[i]
+    h = lam[i + 3] - lam[i + 2]
     psi0 = -jnp.expm1(-h)
     # the previous step sizes exist only where p >= 2 (h_0) or p >= 3 (h_1); 1.0 elsewhere
     h = jnp.where(p >= 2, h, 1.0)
-    h0 = jnp.where(p >= 2, lam[i] - lam[jnp.maximum(i - 1, 0)], 1.0)
-    h1 = jnp.where(p >= 3, lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)], 1.0)
+    h0 = jnp.where(p >= 2, lam[i + 2] - lam[i + 1], 1.0)
+    h1 = jnp.where(p >= 3, lam[i + 1] - lam[i], 1.0)
     c1_second = psi0 * h / (2.0 * h0)
     psi1, psi2 = h**2 * phi(2, h), h**3 * phi(3, h)
     q = (psi1 * h0 + 2.0 * psi2) / (h0 + h1)   # weight of d_01
@@ -54,23 +63,43 @@ def _weights(sig: Array, lam: Array, i: Array, p: Array) -> tuple[Array, ...]:
     return ratio, psi0, c1, c2
 
 
-def run(ctx: SamplerContext, y: Array, order: int) -> Array:
-    """DPM-Solver++(order M).  y: (B, ...) scaled state at grid point 0 -> (B, ...) sample."""
+def solve(ctx: SamplerContext, y: Array, order: int) -> tuple[Array, dict]:
+    """DPM-Solver++(order M) over ctx.grid.  y: (B, ...) scaled state at grid point 0.
+
+    Returns (y at the last grid point (B, ...), history {d: (D at the last two points before
+    the end), lam: (2,) their lambdas, known: int32 count of points with a prediction}).
+    """
     sig = ctx.grid.sigma_ve
-    lam = log_snr_steps(sig)
     n = ctx.grid.steps
+    hist = ctx.history
+    if hist is None:
+        zeros = jnp.zeros_like(y)
+        d1, d2, known, lam = zeros, zeros, 0, extended_log_snr(log_snr_steps(sig), None)
+    else:
+        (d1, d2), known = hist["d"], hist["known"]
+        lam = extended_log_snr(log_snr_steps(sig), hist["lam"])
 
     def step(carry, i):
         y, d1, d2 = carry   # d1, d2: data predictions at grid points i - 1, i - 2
         d0 = ctx.denoise_at(y, i)
-        ratio, psi0, c1, c2 = _weights(sig, lam, i, multistep_order(i, n, order))
+        p = multistep_order(i, n, order, ctx.grid.clean_end, known)
+        ratio, psi0, c1, c2 = _weights(sig, lam, i, p)
         y = ratio * y + psi0 * d0 + c1 * (d0 - d1) + c2 * (d1 - d2)
         return (y, d0, d1), None
 
-    zeros = jnp.zeros_like(y)
-    (y, _, _), _ = jax.lax.scan(step, (y, zeros, zeros), jnp.arange(n))
-    return y
+    (y, d1, d2), _ = jax.lax.scan(step, (y, d1, d2), jnp.arange(n))
+    history = {"d": (d1, d2), "lam": jnp.stack([lam[n], lam[n + 1]]),
+               "known": jnp.asarray(known + n, jnp.int32)}
+    return y, history
 
 
-register("dpmpp_2m", nfe=lambda n: n)(functools.partial(run, order=2))
-register("dpmpp_3m", nfe=lambda n: n)(functools.partial(run, order=3))
+def run(ctx: SamplerContext, y: Array, order: int) -> Array:
+    """DPM-Solver++(order M).  y: (B, ...) scaled state at grid point 0 -> (B, ...) state at the
+    last grid point (the sample for a clean end)."""
+    return solve(ctx, y, order)[0]
+
+
+register("dpmpp_2m", nfe=lambda n: n,
+         solve=functools.partial(solve, order=2))(functools.partial(run, order=2))
+register("dpmpp_3m", nfe=lambda n: n,
+         solve=functools.partial(solve, order=3))(functools.partial(run, order=3))

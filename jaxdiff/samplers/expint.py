@@ -53,8 +53,21 @@ def phi(j: int, h: Array) -> Array:
     return jnp.where(h < _SERIES_BELOW, series, rec)
 
 
-def multistep_order(i: Array, steps: int, order: int) -> Array:
-    """Order of step i -> i + 1: min(order, i + 1) (as many points as are known), and 1 on the
-    final step to sigma_ve = 0, where lambda = +inf and only the first-order update, y = D, is
-    defined."""
-    return jnp.where(i == steps - 1, 1, jnp.minimum(order, i + 1))
+def multistep_order(i: Array, steps: int, order: int, clean_end: bool = True,
+                    known: Array | int = 0) -> Array:
+    """Order of step i -> i + 1 of a grid of ``steps`` steps: min(order, known + i + 1), as many
+    points as have data predictions (``known``: points before this grid whose predictions a
+    carry brings from a previous segment), and 1 on a clean end's final step to sigma_ve = 0,
+    where lambda = +inf and only the first-order update, y = D, is defined.  A noisy end has
+    finite lambda and keeps the full order on its last step."""
+    p = jnp.minimum(order, known + i + 1)
+    return jnp.where(i == steps - 1, 1, p) if clean_end else p
+
+
+def extended_log_snr(lam: Array, previous: Array | None) -> Array:
+    """(steps + 3,) lambdas with the two points before the grid in front: index k + 2 is grid
+    point k.  ``previous``: (2,) [lambda_{-2}, lambda_{-1}] from a carry, or None for a fresh
+    start, where they are filled with lambda_0 (never used: the order is 1 there)."""
+    if previous is None:
+        previous = jnp.stack([lam[0], lam[0]])
+    return jnp.concatenate([previous, lam])

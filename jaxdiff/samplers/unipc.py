@@ -17,6 +17,13 @@ implementation the 1-weight systems use the value 1/2 (a_1 for UniP-2, c_1 for U
 b_1 = 1/2 + O(h) approximates.  D~ is reused as D_0 of the next step, so UniC costs no evaluation:
 1 NFE per step.  Step i uses order min(order, i + 1); the final step to sigma = 0 is order 1
 (y = D_0, lambda = inf) and has no corrector.
+
+A grid with a noisy end (lambda_N finite) takes all N steps with predictor and corrector, which
+evaluates D~ at the last point too: N + 1 evaluations.  Partial solves carry that D~ (the next
+step's D_0), the predictions at the two points before and their lambdas, and how many points
+have a prediction; a segment continued from the carry evaluates nothing at its first point and
+takes the steps of one solve over the joined grid (so the two segments of a split cost N
+evaluations together, as the joined solve).  Without a carry a segment restarts at first order.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import SamplerContext, register
-from jaxdiff.samplers.expint import log_snr_steps, phi
+from jaxdiff.samplers.expint import extended_log_snr, log_snr_steps, phi
 
 Array = jax.Array
 MAX_ORDER = 3
@@ -48,7 +55,8 @@ def _solve_vandermonde(nodes: Array, b: Array, n: Array) -> Array:
 
 def _step_weights(lam: Array, i: Array, p: Array) -> tuple[Array, Array, Array, Array]:
     """(h, r (2,), predictor weights a (2,), corrector weights c (3,) ordered [D~, Delta_1,
-    Delta_2]) for step i at order p (1 <= p <= 3, lambda_{i+1} finite)."""
+    Delta_2]) for the step from lam[i] to lam[i + 1] at order p (1 <= p <= 3, lambda finite);
+    lam[i - 1], lam[i - 2] are the previous points (i >= 2: see ``extended_log_snr``)."""
     h = lam[i + 1] - lam[i]
     r = (lam[jnp.maximum(i - jnp.arange(1, MAX_ORDER), 0)] - lam[i]) / h   # r_1, r_2
     b = jnp.stack([math.factorial(k) * phi(k + 1, h) for k in range(1, MAX_ORDER + 1)])
@@ -60,20 +68,35 @@ def _step_weights(lam: Array, i: Array, p: Array) -> tuple[Array, Array, Array, 
     return h, r, a, c
 
 
-@register("unipc", nfe=lambda n: n, order=2)
-def run(ctx: SamplerContext, y: Array) -> Array:
-    """UniPC-bh2.  Option order in {1, 2, 3}.  y: (B, ...) scaled state -> (B, ...) sample."""
-    order = ctx.options["order"]
-    if order not in range(1, MAX_ORDER + 1):
+def check(options: dict) -> None:
+    """order in {1, 2, 3} (static: it fixes the program)."""
+    order = options["order"]
+    if isinstance(order, bool) or order not in range(1, MAX_ORDER + 1):
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order!r}")
+
+
+def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
+    """UniPC-bh2 over ctx.grid.  y: (B, ...) scaled state at grid point 0.
+
+    Returns (y at the last grid point, history {d: (D~ at the last point, D at the two points
+    before it), lam: (2,) lambdas of those two, known: int32 number of points before the last
+    with a prediction}).
+    """
+    order = int(ctx.options["order"])
     sig = ctx.grid.sigma_ve
-    lam = log_snr_steps(sig)
     n = ctx.grid.steps
+    if ctx.history is None:
+        zeros = jnp.zeros_like(y)
+        preds, known = (ctx.denoise_at(y, 0), zeros, zeros), 0
+        lam = extended_log_snr(log_snr_steps(sig), None)
+    else:
+        preds, known = ctx.history["d"], ctx.history["known"]
+        lam = extended_log_snr(log_snr_steps(sig), ctx.history["lam"])
 
     def step(carry, i):
         y, d0, d1, d2 = carry   # data predictions at points i, i - 1, i - 2
-        p = jnp.minimum(order, i + 1)
-        h, r, a, c = _step_weights(lam, i, p)
+        p = jnp.minimum(order, known + i + 1)
+        h, r, a, c = _step_weights(lam, i + 2, p)
         ratio = sig[i + 1] / sig[i]
         psi0 = -jnp.expm1(-h)
         r_safe = jnp.where(jnp.arange(2) < p - 1, r, 1.0)
@@ -84,8 +107,22 @@ def run(ctx: SamplerContext, y: Array) -> Array:
         y_corr = base + psi0 * (c[0] * (d_new - d0) + c[1] * delta1 + c[2] * delta2)
         return (y_corr, d_new, d0, d1), None
 
-    d0 = ctx.denoise_at(y, 0)
-    zeros = jnp.zeros_like(y)
-    (_, d_last, _, _), _ = jax.lax.scan(step, (y, d0, zeros, zeros), jnp.arange(n - 1))
-    # final step to sigma = 0: order 1, e^{-h} = 0, y_N = D(y_{N-1}); no corrector
-    return d_last
+    if ctx.grid.clean_end:
+        (_, d_last, _, _), _ = jax.lax.scan(step, (y, *preds), jnp.arange(n - 1))
+        # final step to sigma = 0: order 1, e^{-h} = 0, y_N = D(y_{N-1}); no corrector
+        return d_last, None
+    (y, *preds), _ = jax.lax.scan(step, (y, *preds), jnp.arange(n))
+    history = {"d": tuple(preds), "lam": jnp.stack([lam[n], lam[n + 1]]),
+               "known": jnp.asarray(known + n, jnp.int32)}
+    return y, history
+
+
+def _nfe(n: int, clean_end: bool, resumed: bool) -> int:
+    return n + (0 if clean_end else 1) - (1 if resumed else 0)
+
+
+@register("unipc", nfe=lambda n: n, check=check, solve=solve, segment_nfe=_nfe, order=2)
+def run(ctx: SamplerContext, y: Array) -> Array:
+    """UniPC-bh2.  Option order in {1, 2, 3}.  y: (B, ...) scaled state at grid point 0 ->
+    (B, ...) state at the last grid point."""
+    return solve(ctx, y)[0]
