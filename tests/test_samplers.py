@@ -195,6 +195,9 @@ def test_numeric_options_are_traced_and_never_recompile():
             for j in range(i):
                 assert not np.allclose(values[i], values[j])
     assert not np.allclose(other, churn[40.0])
+    # the counter does see a new program: a new number of steps is one
+    run(sampler="ddim", steps=11)
+    assert samplers.compile_count() == before + 1
 
 
 def test_churn_outside_its_window_is_algorithm_1():

@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxdiff.denoiser import DenoiserBase, check_cond_batch
 from jaxdiff.registry import Registry
+from jaxdiff.rng import example_keys, normal_per_example
 from jaxdiff.schedules import Grid, Schedule, grid_from_times, sampling_grid
 
 Array = jax.Array
@@ -284,19 +285,14 @@ class SampleOutput:
         return self.x
 
 
-def example_keys(key: Array, indices: Array) -> Array:
-    """Per-example keys fold_in(key, global_index); indices: (B,) int."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices, jnp.uint32))
-
-
-def _normal_per_example(keys: Array, step: Array, shape: tuple[int, ...]) -> Array:
-    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape))(keys)
+_TRACES = [0]  # programs traced by the sampling driver (see compile_count)
 
 
 def _run(name: str, static_options: tuple, traced_options: dict, denoiser: DenoiserBase,
          key: Array, indices: Array, grid: Grid, cond: Any, shape: tuple[int, ...],
          x_start: Array | None, carry: SolverCarry | None, step_offset: Array,
          total_steps: Array) -> tuple[Array, SolverCarry | None]:
+    _TRACES[0] += 1  # runs once per trace, i.e. once per new program
     spec = SAMPLERS[name]
     keys = example_keys(key, indices)
     history = None
@@ -305,13 +301,13 @@ def _run(name: str, static_options: tuple, traced_options: dict, denoiser: Denoi
         total_steps = jnp.maximum(carry.total_steps, carry.step + grid.steps)
 
     def noise(i):
-        return _normal_per_example(keys, step_offset + i + 1, shape[1:])
+        return normal_per_example(keys, step_offset + i + 1, shape[1:])
 
     def denoise(y, t, alpha):
         return denoiser(alpha * y, t, cond)
 
     if x_start is None:
-        y = grid.sigma_ve[0] * _normal_per_example(keys, 0, shape[1:])
+        y = grid.sigma_ve[0] * normal_per_example(keys, 0, shape[1:])
     else:
         y = x_start / grid.alpha[0]
     options = dict(static_options)
@@ -332,10 +328,10 @@ _run_jit = jax.jit(_run, static_argnames=("name", "static_options", "shape"))
 
 
 def compile_count() -> int:
-    """How many distinct programs ``sample`` has compiled in this process (entries of its jit
-    cache): one per sampler, grid length and end, shape, structural options, denoiser structure
-    and whether a start state / carry is given; never one per value of a numeric option."""
-    return int(_run_jit._cache_size())
+    """How many distinct programs ``sample`` has compiled in this process: one per sampler, grid length and end, shape, structural options, denoiser structure
+    and whether a start state / carry is given; never one per value of a numeric option.
+    Counted when the driver is traced, which precedes every compilation."""
+    return _TRACES[0]
 
 
 def _build_grid(schedule: Schedule, steps: int, grid: str | Grid | Any, t_min, t_max, rho,
