@@ -11,8 +11,7 @@ from jaxdiff.denoiser import NNXApply
 from jaxdiff.models import (NETWORKS, build_model, default_dit_config, default_unet1d_config,
                             default_unet_config, layers)
 from jaxdiff.models.dit import FREQ_DIM, DiTBlock
-from jaxdiff.models.unet import Downsample
-from jaxdiff.models.unet1d import Downsample1D
+from jaxdiff.models.unet import Downsample, UNet
 
 K = 10  # classes in the tests; index K is the null token
 SHAPE = (8, 8, 1)
@@ -456,9 +455,28 @@ def test_unet1d_pool_resampling_and_default_config_trace():
     out = jax.eval_shape(apply, graphdef, state, x, t, None)
     assert out.shape == x.shape and out.dtype == jnp.float32
     down = nnx.merge(graphdef, state).down[1]
-    assert isinstance(down, Downsample1D) and down.conv is None  # parameter-free pooling
+    assert isinstance(down, Downsample) and down.conv is None  # parameter-free pooling
     graphdef, state = nnx.split(nnx.eval_shape(
         lambda: build_model(default_unet1d_config(), (64, 2), 4, nnx.Rngs(0))))
     x = jax.ShapeDtypeStruct((3, 64, 2), jnp.float32)
     out = jax.eval_shape(apply, graphdef, state, x, jnp.ones(3), jnp.array([0, 1, 4]))
     assert out.shape == (3, 64, 2) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("resample", ["conv", "pool"])
+def test_unet_is_rank_generic_volumes_trace(resample):
+    # the shared UNet on (D, H, W, C) volumes: 3-D taps, all three axes resampled, attention
+    # over the D * H * W positions (shape-level only: jax.eval_shape traces without compiling)
+    shape = (4, 8, 4, 2)
+    net = nnx.eval_shape(lambda: UNet(
+        data_shape=shape, num_classes=K, base_channels=8, channel_mult=(1, 2),
+        num_res_blocks=1, attn_resolutions=(2,), num_heads=2, dropout=0.0, num_groups=4,
+        resample=resample, kernel_size=3, cond_dim=0, noise_scale=1000.0, dtype=jnp.float32,
+        rngs=nnx.Rngs(0)))
+    assert net.conv_in.kernel.shape == (3, 3, 3, 2, 8)
+    assert net.down[2].res.skip.kernel.shape == (1, 1, 1, 8, 16)
+    assert net.down[2].attn is not None  # size 2 along D after one downsampling
+    graphdef, state = nnx.split(net)
+    x, t = inputs(shape)
+    out = jax.eval_shape(apply, graphdef, state, x, t, jnp.array([0, K]))
+    assert out.shape == x.shape and out.dtype == jnp.float32
