@@ -84,6 +84,19 @@ class Registry(collections.abc.Mapping):
         entry = self.entry(name, field)
         return entry.defaults() if entry.defaults else ml_collections.ConfigDict()
 
+    def section(self, name: str, field: str, **fields):
+        """A config section for ``name``: its default fields plus ``name``, updated by
+        ``fields``; a field the component does not have raises ConfigError naming it.
+        ``field`` is the section's config path, e.g. 'guidance'."""
+        section = self.default_config(name, f"{field}.name")
+        section.name = name
+        for key, value in fields.items():
+            if key not in section:
+                raise ConfigError(f"config.{field}.{key}: {self.kind} {name!r} has no such "
+                                  f"field; it has {sorted(k for k in section if k != 'name')}")
+            section[key] = value
+        return section
+
     def check(self, name: str, section, field: str | None = None, **context) -> None:
         """Runs the component's own check on its config section (if it has one)."""
         entry = self.entry(name, field)

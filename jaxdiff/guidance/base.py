@@ -21,7 +21,6 @@ from typing import Callable
 import ml_collections
 
 from jaxdiff.denoiser import DenoiserBase
-from jaxdiff.errors import ConfigError
 from jaxdiff.registry import Registry
 
 GUIDANCE = Registry("guidance")
@@ -53,14 +52,7 @@ def register_guidance(name: str, *, defaults: Callable | None = None,
 def guidance_config(name: str = "none", **fields) -> ml_collections.ConfigDict:
     """A ``config.guidance`` section: ``name`` plus the transform's default fields, updated by
     ``fields``."""
-    section = GUIDANCE.default_config(name, "guidance.name")
-    section.name = name
-    for key, value in fields.items():
-        if key not in section:
-            raise ConfigError(f"config.guidance.{key}: guidance {name!r} has no such field; it "
-                              f"has {sorted(k for k in section if k != 'name')}")
-        section[key] = value
-    return section
+    return GUIDANCE.section(name, "guidance", **fields)
 
 
 def check_guidance(section) -> None:

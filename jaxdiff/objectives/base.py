@@ -69,16 +69,7 @@ def register_objective(name: str, *, defaults: Callable | None = None,
 def objective_config(name: str = "denoising", **fields):
     """A ``config.objective`` section: ``name`` plus the objective's default fields, updated by
     ``fields`` (an unknown field raises ConfigError)."""
-    from jaxdiff.errors import ConfigError
-
-    section = OBJECTIVES.default_config(name, "objective.name")
-    section.name = name
-    for key, value in fields.items():
-        if key not in section:
-            raise ConfigError(f"config.objective.{key}: objective {name!r} has no such field; it "
-                              f"has {sorted(k for k in section if k != 'name')}")
-        section[key] = value
-    return section
+    return OBJECTIVES.section(name, "objective", **fields)
 
 
 def build_objective(spec, config) -> Objective:
