@@ -30,11 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdiff.errors import CheckpointFormatError
+
 _EXTRA = "extra"
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint on disk holds other items than this Checkpointer reads (an older layout)."""
 
 
 def _is_key(x) -> bool:

@@ -40,8 +40,3 @@ def drop_condition(keep: Array, cond: Any, null: Any) -> Any:
         return jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, n)
 
     return jax.tree_util.tree_map(one, cond, null_like(cond, null))
-
-
-def null_condition(num_classes: int) -> int:
-    """The null class token of a model with ``num_classes`` classes (index num_classes)."""
-    return int(num_classes)

@@ -7,7 +7,8 @@ classify, and any a config's ``imports`` register); several run in order when co
 
 Config overrides use ml_collections' syntax: ``--config.train.num_steps=200``.  A config error
 (``jaxdiff.errors.ConfigError``) is reported as one line naming the field, before anything is
-compiled, with exit status 2.
+compiled, with exit status 2; other anticipated failures (``jaxdiff.errors.JaxdiffError``, e.g.
+a checkpoint of an earlier layout) as one line with exit status 1.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
     from jaxdiff import config as C  # heavy imports after parsing
-    from jaxdiff.errors import ConfigError
+    from jaxdiff.errors import JaxdiffError
     from jaxdiff.jobs import JOBS
 
     config = _CONFIG.value
@@ -42,9 +43,9 @@ def _main(argv):
             raise app.UsageError(f"--mode: unknown {unknown}; choose from {list(JOBS)}")
         for mode in _MODE.value:
             JOBS[mode](config, _WORKDIR.value)
-    except ConfigError as e:
+    except JaxdiffError as e:
         print(f"jaxdiff: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
 
 def run():

@@ -112,3 +112,18 @@ def test_local_2host_script_fails_when_a_process_fails(tmp_path, tmp_path_factor
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode != 0
     assert "jaxdiff: error: config.optim.lr" in proc.stderr
+
+
+def test_checkpoint_of_the_earlier_layout_is_one_line_naming_the_fix(tmp_path, tmp_path_factory):
+    import numpy as np
+
+    from jaxdiff.checkpoint import Checkpointer
+
+    old = Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)  # one 'state' item
+    old.save(3, {"step": np.int32(3), "params": {"w": np.zeros(2, np.float32)}}, force=True)
+    old.close()
+    proc = _cli([f"--workdir={tmp_path / 'run'}", "--mode=sample"], _env(tmp_path_factory))
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert lines[0].startswith("jaxdiff: error: checkpoint 3 in ") and "train again" in lines[0]

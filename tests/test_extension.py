@@ -103,15 +103,24 @@ def test_two_network_objective_resumes_bit_exactly_after_sigkill(reference, tmp_
 
 
 def test_registered_guidance_reaches_the_sampling_job(reference, tmp_path_factory):
-    env = _env(tmp_path_factory)
-    common = [f"--workdir={reference}", "--mode=sample", "--config.sample.num_samples=4",
-              "--config.sample.shard_size=4", "--config.sample.steps=3"]
-    runs = {"shift0": [], "plain": ["--config.guidance.name=none"],
-            "shift_down": ["--config.guidance.shift=-5.0"]}
+    """On the command line (the toy config's own guidance, a new value of its field), and
+    in-process for the identity: shift 0 gives exactly the unguided samples."""
+    from jaxdiff.jobs.sample import sample_job
+
+    counts = ["--config.sample.num_samples=4", "--config.sample.shard_size=4",
+              "--config.sample.steps=3"]
+    proc = _cli([f"--workdir={reference}", "--mode=sample", *counts,
+                 "--config.guidance.shift=-5.0", "--config.sample.out_name=shift_down"],
+                _env(tmp_path_factory))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = {"shift_down": None, "shift0": {}, "plain": dict(name="none")}
     samples, manifests = {}, {}
-    for name, flags in runs.items():
-        proc = _cli(common + flags + [f"--config.sample.out_name={name}"], env)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    for name, guidance in runs.items():
+        if guidance is not None:
+            config = load_config_file(TOY, {"sample.num_samples": 4, "sample.shard_size": 4,
+                                            "sample.steps": 3, "sample.out_name": name})
+            config.guidance.update(guidance)
+            sample_job(config, str(reference))
         d = reference / "samples" / name
         samples[name] = np.load(d / "shard_00000.npz")["samples"]
         manifests[name] = json.loads((d / "manifest.json").read_text())

@@ -26,6 +26,7 @@ from absl.testing import parameterized
 from flax import nnx
 
 from jaxdiff.models import NETWORKS, build_model
+from tests.plugins import toy_method  # noqa: F401  (registers the test-only network)
 
 K = 3  # classes; index K is the null token
 NAMES = tuple((name, name) for name in sorted(NETWORKS))

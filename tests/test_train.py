@@ -39,6 +39,10 @@ LOSS_STEPS = 80
 # Direct step calls: no lr warm-up (so step 0 moves the parameters) and no EMA warm-up.
 STEPS = dict(TINY, **{"train.num_steps": LOSS_STEPS, "optim.warmup_steps": 0,
                       "train.ema_warmup": False, "train.ema_decays": [EMA_DECAY]})
+# The test-only kit (tests/plugins): its network and its two-network objective, whose extra
+# state (an auxiliary network and its Adam state) must shard like any other state.
+TWO_NET = os.path.join(ROOT, "tests", "plugins", "toy_config.py")
+TWO_NET_STEPS = {"optim.warmup_steps": 0, "train.ema_warmup": False}
 
 
 def compile_cache_env(tmp_path_factory) -> dict:
@@ -135,16 +139,22 @@ def _assert_same_state(a: dict, b: dict, atol: float = 0.0):
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, cache_env):
-    """Starts the two independent expensive subprocesses at once (2 cores: they overlap):
-    tests/helpers/train_steps.py on 8 devices, and an uninterrupted 6-step job."""
+    """Starts the independent expensive subprocesses at once (2 cores: they overlap):
+    tests/helpers/train_steps.py on 8 devices for the digits config and for the test-only
+    two-network objective, and an uninterrupted 6-step job."""
     tmp = tmp_path_factory.mktemp("launched")
     steps_spec = dict(overrides=STEPS, out=str(tmp / "steps.npz"), loss_steps=LOSS_STEPS)
+    two_spec = dict(config=TWO_NET, overrides=TWO_NET_STEPS, out=str(tmp / "two_net.npz"),
+                    loss_steps=1)
     ref_spec = dict(workdir=str(tmp / "reference"), overrides=JOB, out=str(tmp / "ref.npz"))
-    procs = dict(
-        steps=subprocess.Popen([sys.executable, os.path.join(HELPERS, "train_steps.py"),
-                                json.dumps(steps_spec)], env=_env(cache_env, 8),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        reference=_job(ref_spec, _env(cache_env)))
+
+    def steps_proc(spec):
+        return subprocess.Popen([sys.executable, os.path.join(HELPERS, "train_steps.py"),
+                                 json.dumps(spec)], env=_env(cache_env, 8),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = dict(steps=steps_proc(steps_spec), two_net=steps_proc(two_spec),
+                 reference=_job(ref_spec, _env(cache_env)))
     yield tmp, procs
     for proc in procs.values():
         if proc.poll() is None:
@@ -179,6 +189,18 @@ def test_step_on_8_devices_matches_single_device(steps):
     m1, m8 = info["metrics"]["one"], info["metrics"]["eight"]
     assert m1["loss"] == pytest.approx(m8["loss"], rel=1e-5)
     assert m1["grad_norm"] == pytest.approx(m8["grad_norm"], rel=1e-5)
+
+
+def test_two_network_objective_on_8_devices_matches_single_device(launched):
+    tmp, procs = launched
+    _finish(procs["two_net"])
+    arrays = dict(np.load(tmp / "two_net.npz"))
+    one, eight, init = (_section(arrays, p) for p in ("one/", "eight/", "init/"))
+    extra = [k for k in one if k.startswith("train/extra/aux/")]
+    assert extra and all(k in eight for k in extra)
+    moved = max(float(np.max(np.abs(one[k] - init[k]))) for k in extra)
+    assert moved > 1e-4  # the auxiliary network was trained by the step
+    _assert_same_state(one, eight, atol=1e-5)
 
 
 @pytest.mark.parametrize("mesh", ["one", "eight"])

@@ -295,14 +295,15 @@ def check(cfg, example_shape, num_classes: int) -> None:
 
 
 def build(cfg, example_shape, num_classes: int, rngs: nnx.Rngs) -> UNet:
-    """A ``UNet`` with 3x3 convolutions for (H, W, C) examples from a checked config (see
-    ``default_unet_config``)."""
+    """A ``UNet`` for examples of ``example_shape`` from a checked config (see
+    ``default_unet_config``): 3-tap convolutions per axis unless the config has a
+    ``kernel_size`` field (the 1-D registration's)."""
     return UNet(
         data_shape=tuple(int(d) for d in example_shape), num_classes=int(num_classes),
         base_channels=cfg.base_channels, channel_mult=tuple(cfg.channel_mult),
         num_res_blocks=cfg.num_res_blocks, attn_resolutions=tuple(cfg.attn_resolutions),
         num_heads=cfg.num_heads, num_groups=cfg.num_groups, resample=cfg.resample,
-        kernel_size=3, rngs=rngs, **common_kwargs(cfg))
+        kernel_size=int(cfg.get("kernel_size", 3)), rngs=rngs, **common_kwargs(cfg))
 
 
 NETWORKS.register(

@@ -13,11 +13,10 @@ This module holds what is 1-D specific: the 'unet1d' registration, its config (w
 from __future__ import annotations
 
 import ml_collections
-from flax import nnx
 
 from jaxdiff.errors import ConfigError
-from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
-from jaxdiff.models.unet import UNet, check_config, is_positive_int
+from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults
+from jaxdiff.models.unet import build, check_config, is_positive_int
 
 
 def default_unet1d_config() -> ml_collections.ConfigDict:
@@ -47,17 +46,6 @@ def check(cfg, example_shape, num_classes: int) -> None:
         raise ConfigError(f"config.model.kernel_size must be odd (centred taps), "
                          f"got {cfg.kernel_size}")
     check_config(cfg, shape, "L")
-
-
-def build(cfg, example_shape, num_classes: int, rngs: nnx.Rngs) -> UNet:
-    """A one-axis ``UNet`` for (L, C) examples from a checked config (see
-    ``default_unet1d_config``)."""
-    return UNet(
-        data_shape=tuple(int(d) for d in example_shape), num_classes=int(num_classes),
-        base_channels=cfg.base_channels, channel_mult=tuple(cfg.channel_mult),
-        num_res_blocks=cfg.num_res_blocks, attn_resolutions=tuple(cfg.attn_resolutions),
-        num_heads=cfg.num_heads, num_groups=cfg.num_groups, kernel_size=cfg.kernel_size,
-        resample=cfg.resample, rngs=rngs, **common_kwargs(cfg))
 
 
 NETWORKS.register(

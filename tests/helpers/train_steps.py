@@ -2,8 +2,8 @@
 ``python train_steps.py SPEC_JSON`` (the parent sets
 XLA_FLAGS=--xla_force_host_platform_device_count=8).
 
-SPEC_JSON: {"overrides": {dotted config field: value} for configs/digits.py, "out": .npz path,
-"loss_steps": N}.
+SPEC_JSON: {"overrides": {dotted config field: value} for the config file "config" (default
+configs/digits.py), "out": .npz path, "loss_steps": N}.
 
 From one freshly built state and the batch of step 0 it runs
   * one step on a 1-device mesh (``jax.devices()[:1]``)        -> one/<path> in the .npz
@@ -24,6 +24,8 @@ from jaxdiff.jobs import train
 from jaxdiff.data import BatchSampler, get_source, load_batch
 from train_common import digits_config, flat_state
 
+from jaxdiff.config import load_config_file
+
 
 def fresh_copy(state):
     """A copy with its own buffers (the compiled step donates its state argument)."""
@@ -32,7 +34,8 @@ def fresh_copy(state):
 
 def main():
     spec = json.loads(sys.argv[1])
-    config = digits_config(spec["overrides"])
+    config = (load_config_file(spec["config"], spec["overrides"]) if spec.get("config")
+              else digits_config(spec["overrides"]))
     assert jax.device_count() == 8, jax.devices()
     source = get_source(config.data, "train")
     trainer, state = train.build_trainer(config, source.num_classes, source.example_shape)
@@ -56,8 +59,8 @@ def main():
         results[name] = (step_fn, s)
         metrics[name] = {k: float(v) for k, v in jax.device_get(m).items()}
         out.update({f"{name}/{k}": v for k, v in flat_state(s).items()})
-        out[f"{name}/sharded_over"] = np.int64(len(s["model"]["params"]["conv_in"]["kernel"].sharding
-                                                   .device_set))
+        first = jax.tree.leaves(s["model"]["params"])[0]
+        out[f"{name}/sharded_over"] = np.int64(len(first.sharding.device_set))
 
     step_fn, s = results["one"]
     losses = [metrics["one"]["loss"]]

@@ -1,17 +1,16 @@
-"""configs/digits.py reduced to a tiny model, trained with the test-only two-network objective of
-tests/plugins/toy_method.py and its guidance transform (shift 0), which the config's ``imports``
-registers."""
+"""configs/digits.py with the test-only kit of tests/plugins/toy_method.py: its network
+(``toy_mlp``), its two-network objective and its guidance transform (shift 0), which the
+config's ``imports`` registers."""
 import configs.digits as digits  # the repository root is on PYTHONPATH in the tests
 from jaxdiff.guidance import guidance_config
 from jaxdiff.objectives import objective_config
-from tests.plugins import toy_method  # noqa: F401  (registers the toy components)
+from tests.plugins import toy_method  # registers the toy components
 
 
 def get_config():
     config = digits.get_config()
     config.imports = ("tests.plugins.toy_method",)
-    config.model.base_channels = 8
-    config.model.channel_mult = (1,)
+    config.model = toy_method.mlp_config()
     config.train.batch_size = 16
     config.train.progress_bar = False
     config.sample.steps = 2

@@ -1,6 +1,9 @@
-"""A test-only method kit: a guidance transform and a two-network objective that live outside
-jaxdiff and reach the command line only by registering (``config.imports``), with no job edited.
+"""A test-only method kit: a network, a guidance transform and a two-network objective that live
+outside jaxdiff and reach the command line only by registering (``config.imports``), with no job
+edited.
 
+  toy_mlp        network: examples of any shape flattened -> MLP whose hidden layer is added to
+                 the noise-level + class embedding -> reshaped back; zero-initialised output.
   toy_shift      guidance: x0_hat + shift (shift = 0 is the identity, exactly).
   toy_two_net    objective: the denoising loss for the main network, plus an auxiliary linear
                  network (its own parameters and its own Adam state in the objective's extra
@@ -14,12 +17,58 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+
+from flax import nnx
 
 from jaxdiff.config import number
 from jaxdiff.guidance import Guided, register_guidance
+from jaxdiff.models import layers
+from jaxdiff.models.networks import NETWORKS, common_defaults, common_kwargs
 from jaxdiff.objectives import Objective, register_objective
 from jaxdiff.objectives.denoising import DenoisingObjective
+
+
+class ToyMLP(nnx.Module):
+    """x (B, *shape) -> flatten -> Linear -> + emb(c_noise, cond) -> SiLU -> Linear_zero ->
+    (B, *shape) float32."""
+
+    def __init__(self, data_shape, num_classes, *, width, dropout, cond_dim, noise_scale,
+                 dtype, rngs):
+        self.data_shape = tuple(data_shape)
+        size = int(np.prod(self.data_shape))
+        self.embed = layers.ConditionEmbedding(width, freq_dim=32, num_classes=num_classes,
+                                               cond_dim=cond_dim, noise_scale=noise_scale,
+                                               dtype=dtype, rngs=rngs)
+        self.inp = nnx.Linear(size, width, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(width, size, kernel_init=nnx.initializers.zeros, dtype=dtype,
+                              rngs=rngs)
+        del dropout
+
+    def __call__(self, x, c_noise, cond=None, dropout_key=None):
+        del dropout_key
+        c_noise = layers.check_inputs(x, c_noise, self.data_shape)
+        h = jax.nn.silu(self.inp(x.reshape(x.shape[0], -1)) + self.embed(c_noise, cond))
+        return self.out(h).reshape(x.shape).astype(jnp.float32)
+
+
+def mlp_config():
+    cfg = common_defaults("toy_mlp")
+    cfg.width = 64
+    return cfg
+
+
+def _check_mlp(cfg, example_shape, num_classes):
+    del example_shape, num_classes
+    number(cfg.width, "model.width", low=1, integer=True)
+
+
+NETWORKS.register(
+    "toy_mlp", lambda cfg, shape, k, rngs: ToyMLP(shape, k, width=int(cfg.width), rngs=rngs,
+                                                 **common_kwargs(cfg)),
+    defaults=mlp_config, check=_check_mlp, test_shape=(4, 3), test_overrides=dict(width=16),
+    test_bad_fields=dict(width=0))
 
 
 @dataclasses.dataclass(frozen=True)
