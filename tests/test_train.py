@@ -1,4 +1,4 @@
-"""Tests for the training job (jaxdiff.train), each run in subprocesses:
+"""Tests for the training job (jaxdiff.jobs.train), each run in subprocesses:
 
 * one step on 8 simulated devices equals the single-device step; EMA after one step; the loss of
   the digits config drops in a short run (tests/helpers/train_steps.py, one 8-device process);
