@@ -113,16 +113,19 @@ class Checkpointer:
         files are written in the background; ``wait_until_finished`` blocks until they are final.
       items: names of the pytree items. With one item (default ``("state",)``) ``save`` and
         ``restore`` take that item's pytree itself; with several, a dict keyed by item name.
+      layout_hint: appended to the CheckpointFormatError a checkpoint of other items raises
+        (what the user should do about it).
     """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3,
                  save_interval_steps: int = 1, async_save: bool = True,
-                 items: tuple[str, ...] = ("state",)):
+                 items: tuple[str, ...] = ("state",), layout_hint: str = ""):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         if save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
         self.items = tuple(items)
+        self.layout_hint = layout_hint
         if not self.items or _EXTRA in self.items or len(set(self.items)) != len(self.items):
             raise ValueError(f"items must be distinct names other than {_EXTRA!r}, got {items}")
         self.directory = os.path.abspath(os.fspath(directory))
@@ -227,7 +230,8 @@ class Checkpointer:
         if missing:
             raise CheckpointFormatError(
                 f"checkpoint {step} in {self.directory} holds the items {saved}, not "
-                f"{missing}: it was written in another layout")
+                f"{missing}: it was written in another layout" +
+                (f"; {self.layout_hint}" if self.layout_hint else ""))
 
     def _check_structure(self, step: int, name: str, target) -> None:
         saved = set(_leaves_by_path(self._manager.item_metadata(step)[name].tree))

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxdiff.data import BatchSampler, get_source
+from jaxdiff.data import BatchSampler, dataset_name, get_source
 from jaxdiff.metrics.features import FeatureNetwork, sha256_file
 from jaxdiff.models.classifier import build_classifier, default_classifier_config
 
@@ -97,10 +97,6 @@ def _accuracy(net: FeatureNetwork, source) -> float:
     return float(np.mean(net.logits(images).argmax(axis=1) == labels))
 
 
-def _dataset_name(data_cfg) -> str:
-    return data_cfg.tfds_name if data_cfg.name == "tfds" else data_cfg.name
-
-
 def train_classifier(data_cfg: ml_collections.ConfigDict, workdir: str, steps: int = 1500,
                      batch_size: int = 128, seed: int = 0, *,
                      arch: ml_collections.ConfigDict | None = None, lr: float = 2e-3,
@@ -158,13 +154,13 @@ def train_classifier(data_cfg: ml_collections.ConfigDict, workdir: str, steps: i
     np.savez(params_path, **_flatten(nnx.to_pure_dict(state)))
     checksum = sha256_file(params_path)
     forward = _make_apply(graphdef)
-    feature_net = FeatureNetwork(name=f"{NETWORK_NAME}/{_dataset_name(data_cfg)}",
+    feature_net = FeatureNetwork(name=f"{NETWORK_NAME}/{dataset_name(data_cfg)}",
                                  checksum=checksum, feature_dim=int(arch.feature_dim),
                                  num_classes=train_src.num_classes,
                                  apply=lambda x: forward(state, x),
                                  batch_size=500)
     manifest = dict(
-        name=feature_net.name, dataset=_dataset_name(data_cfg),
+        name=feature_net.name, dataset=dataset_name(data_cfg),
         data_config=json.loads(data_cfg.to_json()),
         image_shape=list(shape), num_classes=train_src.num_classes,
         split_sizes=dict(train=len(train_src), heldout=len(heldout_src)),
@@ -241,7 +237,7 @@ def feature_network_dir(config) -> str:
         return e.feature_network_dir
     cache = os.environ.get("JAXDIFF_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
                                                          "jaxdiff"))
-    return os.path.join(cache, "feature_networks", _dataset_name(config.data).replace("/", "_"))
+    return os.path.join(cache, "feature_networks", dataset_name(config.data).replace("/", "_"))
 
 
 def train_feature_network(config) -> dict:

@@ -13,7 +13,7 @@ images) and the stateless batch order.
 from jaxdiff.data.augment import hflip
 from jaxdiff.data.config import (DATASET_NAMES, EMBEDDED_EXAMPLE_SHAPES, default_data_config,
                                  validate_data_config)
-from jaxdiff.data.factory import get_source
+from jaxdiff.data.factory import dataset_name, get_source
 from jaxdiff.data.pipeline import batch_dataset, batch_iterator, load_batch
 from jaxdiff.data.sampler import BatchSampler
 from jaxdiff.data.source import KINDS, ArraySource, ImageSource, infer_kind
@@ -21,5 +21,5 @@ from jaxdiff.data.tfds_source import DatasetNotPreparedError, prepare_command
 
 __all__ = ["ArraySource", "BatchSampler", "DATASET_NAMES", "DatasetNotPreparedError",
            "EMBEDDED_EXAMPLE_SHAPES", "ImageSource", "KINDS", "batch_dataset", "batch_iterator",
-           "default_data_config", "get_source", "hflip", "infer_kind", "load_batch",
+           "dataset_name", "default_data_config", "get_source", "hflip", "infer_kind", "load_batch",
            "prepare_command", "validate_data_config"]

@@ -9,6 +9,11 @@ from jaxdiff.data.source import ImageSource
 from jaxdiff.data.tfds_source import open_tfds_source
 
 
+def dataset_name(data_cfg) -> str:
+    """The dataset's name: ``tfds_name`` for TFDS data, else ``name`` (e.g. 'mnist5k')."""
+    return data_cfg.tfds_name if data_cfg.name == "tfds" else data_cfg.name
+
+
 def get_source(data_cfg: ml_collections.ConfigDict, split: str = "train") -> ImageSource:
     """The ``split`` ('train' | 'heldout', alias 'test') of the dataset ``data_cfg`` describes.
 

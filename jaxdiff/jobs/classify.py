@@ -22,9 +22,8 @@ from jaxdiff import classify as DC
 from jaxdiff import config as C
 from jaxdiff import parallel
 from jaxdiff.classifier_train import own_feature_network
-from jaxdiff.data import get_source
+from jaxdiff.data import dataset_name, get_source
 from jaxdiff.errors import ConfigError
-from jaxdiff.jobs.samples_io import dataset_name
 from jaxdiff.jobs.spec import build_spec, checkpoint_dir, register_job, restore_model
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from jaxdiff import config as C
 from jaxdiff import metrics as M
 from jaxdiff.classifier_train import own_feature_network, train_feature_network
-from jaxdiff.data import get_source
+from jaxdiff.data import dataset_name, get_source
 from jaxdiff.jobs import samples_io as IO
 from jaxdiff.jobs.spec import register_job
 
@@ -65,7 +65,7 @@ def _reference(network, directory: str, config, tag: str):
     path = os.path.join(directory, f"reference_{tag}_heldout.npz")
     if not os.path.exists(path):
         M.compute_reference(path, network, get_source(config.data, "heldout"),
-                            dataset=IO.dataset_name(config.data), split="heldout")
+                            dataset=dataset_name(config.data), split="heldout")
     return M.load_reference(path, network.checksum), path
 
 
@@ -184,7 +184,7 @@ def _signal_evaluation(config, out_dir: str, samples, labels, proto) -> dict:
                              labels if proto["num_classes"] > 0 else None, heldout,
                              get_source(config.data, "train"))
     results = dict(protocol=proto, samples_dir=out_dir, num_samples=int(len(samples)),
-                   reference=dict(dataset=IO.dataset_name(config.data), split="heldout",
+                   reference=dict(dataset=dataset_name(config.data), split="heldout",
                                   count=int(len(heldout))),
                    signal_metrics=metrics)
     if "class_accuracy" in metrics:

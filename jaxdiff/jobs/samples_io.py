@@ -19,6 +19,8 @@ import zipfile
 import numpy as np
 
 from jaxdiff import images as I
+from jaxdiff.data import dataset_name
+from jaxdiff.errors import ConfigError
 
 SHARD_FORMAT = "shard_{:05d}.npz"
 STORAGE_DTYPES = {"image": np.uint8, "signal": np.float32, "vector": np.float32,
@@ -27,10 +29,6 @@ STORAGE_DTYPES = {"image": np.uint8, "signal": np.float32, "vector": np.float32,
 
 class ShardError(ValueError):
     """A shard on disk is unreadable or does not match the job's protocol."""
-
-
-def dataset_name(data_cfg) -> str:
-    return data_cfg.tfds_name if data_cfg.name == "tfds" else data_cfg.name
 
 
 def to_storage(x, kind: str) -> np.ndarray:
@@ -83,8 +81,6 @@ def protocol_tag(proto: dict) -> str:
 
 def labels_for(indices: np.ndarray, labels: str, num_classes: int) -> np.ndarray:
     """Class of each global sample index: 'balanced' -> i % C; a digit string -> that class."""
-    from jaxdiff.errors import ConfigError
-
     if num_classes == 0:
         return np.zeros(indices.shape, np.int32)
     if labels == "balanced":
@@ -131,8 +127,6 @@ def write_shard(path: str, samples: np.ndarray, labels: np.ndarray,
 
 def check_manifest(out_dir: str, proto: dict) -> None:
     """Writes the manifest, or refuses a directory whose manifest records another protocol."""
-    from jaxdiff.errors import ConfigError
-
     path = os.path.join(out_dir, "manifest.json")
     if os.path.exists(path):
         with open(path) as f:

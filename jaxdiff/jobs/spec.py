@@ -28,13 +28,15 @@ from flax import nnx
 
 from jaxdiff import parameterization as P
 from jaxdiff import schedules
-from jaxdiff.checkpoint import Checkpointer, CheckpointFormatError
+from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.denoiser import Denoiser, NNXApply
 from jaxdiff.errors import ConfigError
 from jaxdiff.registry import Registry
 
 JOBS = Registry("job")
 CHECKPOINT_ITEMS = ("model", "train")
+OLD_LAYOUT_HINT = ("the layout of an earlier jaxdiff (one 'state' item); train again into a new "
+                   "--workdir")
 
 
 def register_job(name: str):
@@ -154,13 +156,10 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def open_checkpoints(workdir: str, **kwargs) -> Checkpointer:
-    """The run's Checkpointer (items ``model`` and ``train``)."""
-    return Checkpointer(os.path.join(workdir, "checkpoints"), items=CHECKPOINT_ITEMS, **kwargs)
-
-
-def old_layout_message(ckpt_dir: str, step: int) -> str:
-    return (f"checkpoint {step} in {ckpt_dir} has the layout of an earlier jaxdiff (one 'state' "
-            f"item, not 'model' + 'train'); train again into a new --workdir")
+    """The run's Checkpointer (items ``model`` and ``train``); a checkpoint of the earlier
+    one-item layout raises CheckpointFormatError naming the fix."""
+    return Checkpointer(os.path.join(workdir, "checkpoints"), items=CHECKPOINT_ITEMS,
+                        layout_hint=OLD_LAYOUT_HINT, **kwargs)
 
 
 def restore_model(spec: RunSpec, workdir: str, step: int | None = None,
@@ -180,10 +179,7 @@ def restore_model(spec: RunSpec, workdir: str, step: int | None = None,
         if shardings is not None:
             target = dict(params=_with_shardings(target["params"], shardings),
                           ema=tuple(_with_shardings(e, shardings) for e in target["ema"]))
-        try:
-            restored, _ = ckpt.restore(step=chosen, target=dict(model=target))
-        except CheckpointFormatError:
-            raise CheckpointFormatError(old_layout_message(ckpt.directory, chosen)) from None
+        restored, _ = ckpt.restore(step=chosen, target=dict(model=target))
     finally:
         ckpt.close()
     index = int(spec.config.sample.ema_index if ema_index is None else ema_index)

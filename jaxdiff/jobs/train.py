@@ -248,17 +248,10 @@ def _log_line(step: int, num_steps: int, m: dict, steps_per_s: float, batch: int
 
 def _restore_state(ckpt, state, shard):
     """The latest checkpoint restored onto the state's shardings."""
-    from jaxdiff.checkpoint import CheckpointFormatError
-    from jaxdiff.jobs.spec import old_layout_message
-
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
                             if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
                             else x, state, shard)
-    try:
-        restored, _ = ckpt.restore(target=abstract)
-    except CheckpointFormatError:
-        raise CheckpointFormatError(old_layout_message(ckpt.directory,
-                                                       ckpt.latest_step())) from None
+    restored, _ = ckpt.restore(target=abstract)
     return restored
 
 
