@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 from jaxdiff.data import BatchSampler, dataset_name, get_source
+from jaxdiff.jsonio import write_json
 from jaxdiff.metrics.features import FeatureNetwork, sha256_file
 from jaxdiff.models.classifier import build_classifier, default_classifier_config
 
@@ -168,8 +169,7 @@ def train_classifier(data_cfg: ml_collections.ConfigDict, workdir: str, steps: i
         training=dict(steps=steps, batch_size=batch_size, seed=seed, lr=lr,
                       weight_decay=weight_decay, shift=shift),
         architecture=json.loads(arch.to_json()), params_file=PARAMS_FILE, sha256=checksum)
-    with open(os.path.join(workdir, MANIFEST_FILE), "w") as f:
-        json.dump(manifest, f, indent=2)
+    write_json(os.path.join(workdir, MANIFEST_FILE), manifest)
     return manifest
 
 

@@ -155,6 +155,7 @@ def default_train_config() -> ml_collections.ConfigDict:
         num_steps=1000, batch_size=64, ema_decays=(0.999,), ema_warmup=True,
         log_every=50, sample_every=0, checkpoint_every=500, keep_checkpoints=3,
         time_limit_minutes=0.0,            # > 0: stop (with a checkpoint) after this wall time
+        max_nonfinite_steps=10,            # halt after this many skipped non-finite steps in a row
         progress_bar=True))
 
 
@@ -165,6 +166,7 @@ def _check_train(t, config, device_count=None, **_) -> None:
         number(t[field], f"train.{field}", low=0, integer=True)
     number(t.keep_checkpoints, "train.keep_checkpoints", low=1, integer=True)
     number(t.time_limit_minutes, "train.time_limit_minutes", low=0.0)
+    number(t.max_nonfinite_steps, "train.max_nonfinite_steps", low=1, integer=True)
     if len(t.ema_decays) == 0:
         raise ConfigError("config.train.ema_decays: give at least one EMA decay")
     for i, decay in enumerate(t.ema_decays):

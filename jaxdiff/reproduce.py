@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import datetime
 import importlib
-import json
 import os
 import platform
 import pkgutil
@@ -42,6 +41,7 @@ import time
 from typing import Callable
 
 from jaxdiff.errors import ConfigError
+from jaxdiff.jsonio import write_json
 from jaxdiff.registry import Registry
 
 REPRODUCTIONS = Registry("reproduction")
@@ -242,8 +242,7 @@ def run_one(name: str, args: argparse.Namespace, argv: list[str]) -> dict:
         meta["plot"] = f"{name}.png"
     record = dict(reproduction=name, paper=dataclasses.asdict(rep.paper), claim=rep.claim,
                   ours=rep.ours(result), meta=meta, result=result)
-    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    write_json(os.path.join(args.out_dir, f"{name}.json"), record, indent=1)
     with open(os.path.join(args.out_dir, f"{name}.md"), "w") as f:
         f.write(render_page(name, rep, result, meta))
     return record

@@ -42,10 +42,23 @@ pid1=$!
 trap 'kill "$pid0" "$pid1" 2>/dev/null || true' INT TERM
 
 status=0
-# Whichever process ends first: if it failed, the other would wait for it forever, so stop it.
-# (`wait -n -p` needs bash >= 5.1.)
+# Whichever process ends first: if it failed, the other may wait for it forever, so stop it,
+# after a grace period in which it can end by itself (a bad config fails on both, and each
+# prints its own error line). (`wait -n -p` needs bash >= 5.1.)
+stop_after_grace() {
+  for _ in $(seq 50); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill "$1" 2>/dev/null || true
+}
 first=
-wait -n -p first "$pid0" "$pid1" || { status=1; kill "$pid0" "$pid1" 2>/dev/null || true; }
+if ! wait -n -p first "$pid0" "$pid1"; then
+  status=1
+  for pid in "$pid0" "$pid1"; do
+    [[ $pid == "$first" ]] || stop_after_grace "$pid"
+  done
+fi
 for pid in "$pid0" "$pid1"; do
   if [[ $pid != "$first" ]]; then
     wait "$pid" || status=1

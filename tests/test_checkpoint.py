@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.errors import CorruptDataError, IncompatibleCheckpointError, NonFiniteError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "helpers", "ckpt_worker.py")
@@ -104,9 +105,13 @@ def test_errors_name_the_directory_and_the_keys(tmp_path):
     ckpt.save(1, {"a": jnp.zeros(2), "b": {"c": jnp.ones(3)}})
     with pytest.raises(FileNotFoundError, match="step 5"):
         ckpt.restore(5, target={"a": jnp.zeros(2), "b": {"c": jnp.ones(3)}})
-    with pytest.raises(ValueError, match=r"only in the checkpoint: \['b/c'\].*only in the target: "
-                                         r"\['b/d'\]"):
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"1 arrays only in the checkpoint \(b/c\), 1 only in the run \(b/d\)"):
         ckpt.restore(target={"a": jnp.zeros(2), "b": {"d": jnp.ones(3)}})
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"1 arrays differ in shape or dtype, e.g. b/c: \(3,\) float32 in the "
+                             r"checkpoint, \(4,\) float32 in the run"):
+        ckpt.restore(target={"a": jnp.zeros(2), "b": {"c": jnp.ones(4)}})
     with pytest.raises(ValueError, match="max_to_keep"):
         Checkpointer(tmp_path / "x", max_to_keep=0)
 
@@ -161,3 +166,70 @@ def test_sigkill_during_async_save_never_leaves_a_corrupt_latest(tmp_path):
     assert ckpt.latest_step() == 3
     assert not [name for name in os.listdir(tmp_path) if "tmp" in name]
     ckpt.close()
+
+
+def _two_checkpoints(directory, **kwargs):
+    ckpt = Checkpointer(directory, async_save=False, items=("model", "train"), **kwargs)
+    for step in (2, 4):
+        ckpt.save(step, dict(model={"w": jnp.full((64,), step, jnp.float32)},
+                             train={"step": jnp.int32(step)}), force=True)
+    return ckpt
+
+
+def _target():
+    return dict(model={"w": jax.ShapeDtypeStruct((64,), jnp.float32)},
+                train={"step": jax.ShapeDtypeStruct((), jnp.int32)})
+
+
+def _truncate_data_files(step_dir, item="model"):
+    for root, _, files in os.walk(os.path.join(step_dir, item, "d")):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+
+
+def test_unreadable_newest_checkpoint_is_moved_aside_and_the_older_one_restored(tmp_path,
+                                                                                capfd):
+    ckpt = _two_checkpoints(tmp_path / "ckpt")
+    _truncate_data_files(tmp_path / "ckpt" / "4")
+    restored, _ = ckpt.restore(target=_target())
+    assert int(restored["train"]["step"]) == 2
+    np.testing.assert_array_equal(restored["model"]["w"], np.full(64, 2, np.float32))
+    assert ckpt.all_steps() == [2]
+    assert sorted(os.listdir(tmp_path / "ckpt.corrupt")) == ["4"]   # kept, not deleted
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxdiff: warning: checkpoint 4 in ")
+    assert "unreadable" in err[0] and "using step 2" in err[0]
+    # Asked for by step, an unreadable checkpoint is an error naming the others.
+    ckpt2 = _two_checkpoints(tmp_path / "other")
+    _truncate_data_files(tmp_path / "other" / "4", "train")
+    with pytest.raises(CorruptDataError, match=r"checkpoint 4 in .* is unreadable .*\[2\]"):
+        ckpt2.restore(4, target=_target())
+    assert ckpt2.all_steps() == [2, 4]
+
+
+def test_require_finite_refuses_to_save_and_skips_non_finite_checkpoints(tmp_path):
+    plain = _two_checkpoints(tmp_path / "ckpt")
+    plain.save(6, dict(model={"w": jnp.full((64,), jnp.nan)}, train={"step": jnp.int32(6)}),
+               force=True)
+    strict = Checkpointer(tmp_path / "ckpt", async_save=False, items=("model", "train"),
+                          require_finite=True)
+    restored, _ = strict.restore(target=_target())
+    assert int(restored["train"]["step"]) == 4 and strict.all_steps() == [2, 4]
+    with pytest.raises(NonFiniteError, match="refusing to save checkpoint 8"):
+        strict.save(8, dict(model={"w": jnp.full((64,), jnp.inf)},
+                            train={"step": jnp.int32(8)}), force=True)
+    assert strict.all_steps() == [2, 4]
+    # A manager opened before the move sees it too.
+    assert int(plain.restore(target=_target())[0]["train"]["step"]) == 4
+
+
+def test_failed_write_is_one_error_naming_the_intact_checkpoint(tmp_path):
+    proc = _run_worker("write_fails", tmp_path / "ckpt")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] == "RunEnvironmentError", out
+    assert "could not write checkpoint 2" in out["message"], out
+    assert "newest: 1" in out["message"], out
+    assert out["steps_after_restart"] == [1, 3] and out["leftovers_after_restart"] == [], out

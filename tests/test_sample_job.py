@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -98,12 +99,16 @@ def test_same_samples_on_one_and_eight_devices(workdir):
 def test_bad_shards_are_clear_errors_and_never_overwritten(workdir):
     res = _run(workdir, "bad", n=8, size=4)
     shard = os.path.join(res["out_dir"], "shard_00001.npz")
+    original = IO.read_shard(shard)
     with open(shard, "r+b") as f:
         f.truncate(40)
     corrupted = open(shard, "rb").read()
     with pytest.raises(IO.ShardError, match="corrupted"):
-        _run(workdir, "bad", n=8, size=4)
-    assert open(shard, "rb").read() == corrupted
+        IO.load_samples(res["out_dir"])
+    # Sampling again moves the damaged shard aside (kept as it was) and draws it again.
+    _run(workdir, "bad", n=8, size=4)
+    assert open(shard + ".corrupt", "rb").read() == corrupted
+    chex.assert_trees_all_equal(IO.read_shard(shard), original)
     np.savez(shard, samples=np.zeros((4, 8, 8, 1), np.float32), labels=np.zeros(4, np.int32),
              indices=np.arange(4, 8))
     with pytest.raises(IO.ShardError, match="uint8"):

@@ -11,11 +11,11 @@ import numpy as np
 import ml_collections
 from PIL import Image
 
-from jaxdiff.errors import ConfigError
+from jaxdiff.errors import ConfigError, MissingInputError
 from jaxdiff.data.source import check_indices
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(MissingInputError):
     """A TFDS dataset has no prepared array_record files in the configured data_dir."""
 
 
@@ -82,7 +82,11 @@ class TfdsSource:
 def _open_data_source(tfds_name: str, tfds_split: str, data_dir: str, split_field: str):
     """``tfds.data_source`` with errors that name the config field or the prepare command."""
     import tensorflow_datasets as tfds
+    from absl import logging
 
+    # TFDS logs a warning per empty variant folder it looks into; the error below says it all.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
     try:
         return tfds.data_source(tfds_name, split=tfds_split, data_dir=data_dir or None,
                                 download=False)
@@ -101,6 +105,8 @@ def _open_data_source(tfds_name: str, tfds_split: str, data_dir: str, split_fiel
             raise ConfigError(f"config.data.{split_field}: TFDS dataset {tfds_name!r} has no "
                              f"split {tfds_split!r}; it has {known}.") from err
         raise
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def open_tfds_source(cfg: ml_collections.ConfigDict, split: str) -> TfdsSource:

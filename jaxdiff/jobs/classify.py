@@ -11,7 +11,6 @@ Results: ``WORKDIR/classify/<protocol tag>.json`` and ``.md``.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -24,7 +23,9 @@ from jaxdiff import parallel
 from jaxdiff.classifier_train import own_feature_network
 from jaxdiff.data import dataset_name, get_source
 from jaxdiff.errors import ConfigError
-from jaxdiff.jobs.spec import build_spec, checkpoint_dir, register_job, restore_model
+from jaxdiff.jobs.spec import (build_spec, checkpoint_dir, needs_checkpoint, register_job,
+                               restore_model)
+from jaxdiff.jsonio import write_json
 
 
 def default_classify_config() -> ml_collections.ConfigDict:
@@ -85,7 +86,13 @@ def candidate_classes(cc, num_classes: int) -> np.ndarray:
         raise ConfigError(f"config.classify.candidates: {e}") from None
 
 
-@register_job("classify")
+def _preflight(config, workdir: str, earlier) -> None:
+    """The candidates against the data (a config error first), then the checkpoint."""
+    candidate_classes(config.classify, get_source(config.data, "heldout").num_classes)
+    needs_checkpoint(config, workdir, earlier)
+
+
+@register_job("classify", preflight=_preflight)
 def classify_job(config, workdir: str) -> dict:
     C.validate(config)
     cc = config.classify
@@ -141,8 +148,7 @@ def classify_job(config, workdir: str) -> dict:
            f"-{cc.loss}-{cc.weighting}-{cc.grid}-{cc.time_space}{cand_tag}-{n}")
     out = os.path.join(workdir, "classify")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, tag + ".json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(out, tag + ".json"), result)
     with open(os.path.join(out, tag + ".md"), "w") as f:
         f.write(_markdown(result))
     result["path"] = os.path.join(out, tag + ".json")

@@ -21,7 +21,6 @@ Results go to ``<samples dir>/eval.json`` and ``eval.md``.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
@@ -31,8 +30,10 @@ from jaxdiff import config as C
 from jaxdiff import metrics as M
 from jaxdiff.classifier_train import own_feature_network, train_feature_network
 from jaxdiff.data import dataset_name, get_source
+from jaxdiff.errors import MissingInputError
 from jaxdiff.jobs import samples_io as IO
 from jaxdiff.jobs.spec import register_job
+from jaxdiff.jsonio import write_json
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
@@ -40,7 +41,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
         feature_network_dir="",            # '' -> $JAXDIFF_CACHE/feature_networks/<dataset>
         train_classifier_if_missing=True,
         classifier_steps=1500, classifier_batch_size=128, classifier_seed=0,
-        inception_weights=""))             # pytorch-fid weights file ('' -> $JAXDIFF_INCEPTION_WEIGHTS)
+        inception_weights="",              # pytorch-fid weights file ('' -> $JAXDIFF_INCEPTION_WEIGHTS)
+        require_standard_inception=True))  # refuse other weights than the published file
 
 
 def _check_eval(e, config, **_) -> None:
@@ -84,16 +86,38 @@ def image_metrics(network, reference, images_uint8, labels) -> dict:
     return out, logits
 
 
-@register_job("eval")
-def evaluate_job(config, workdir: str) -> dict:
-    """Runs the metrics on the sampling job's shards; returns (and writes) the results."""
-    C.validate(config)
+def _inception_weights(config) -> str:
+    """The configured Inception weights file ('' when FID is not asked for), checked."""
+    weights = config.eval.inception_weights or os.environ.get(M.WEIGHTS_ENV, "")
+    if weights:
+        M.check_weights(weights, bool(config.eval.require_standard_inception))
+    return weights
+
+
+def _samples_to_evaluate(config, workdir: str) -> str:
     heldout = get_source(config.data, "heldout")
     out_dir = IO.samples_dir(config, workdir, heldout.num_classes, heldout.example_shape,
                              heldout.kind)
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"no samples in {out_dir}: run --mode=sample with this config "
+    if not os.path.isfile(os.path.join(out_dir, "manifest.json")):
+        raise MissingInputError(f"no samples in {out_dir}: run --mode=sample with this config "
                                 f"first")
+    return out_dir
+
+
+def _preflight(config, workdir: str, earlier) -> None:
+    """Before any job runs: the Inception weights' checksum, and the samples (unless a train
+    or sample job of the same command makes them)."""
+    _inception_weights(config)
+    if not {"train", "sample"} & set(earlier):
+        _samples_to_evaluate(config, workdir)
+
+
+@register_job("eval", preflight=_preflight)
+def evaluate_job(config, workdir: str) -> dict:
+    """Runs the metrics on the sampling job's shards; returns (and writes) the results."""
+    C.validate(config)
+    weights = _inception_weights(config)
+    out_dir = _samples_to_evaluate(config, workdir)
     stored, labels, proto = IO.load_samples(out_dir)
     if proto["kind"] != "image":
         return _signal_evaluation(config, out_dir, stored, labels, proto)
@@ -109,16 +133,15 @@ def evaluate_job(config, workdir: str) -> dict:
                    own_features=own)
     if proto["num_classes"] > 0:
         results["class_accuracy"] = float(np.mean(np.argmax(logits, -1) == labels))
-    weights = config.eval.inception_weights or os.environ.get(M.WEIGHTS_ENV, "")
     if weights:
-        inception = M.load_inception(weights)
+        inception = M.load_inception(
+            weights, require_standard=bool(config.eval.require_standard_inception))
         inc_ref, inc_path = _reference(inception, net_dir, config, "inception")
         inc, _ = image_metrics(inception, inc_ref, images, labels)
         results["inception"] = dict(inc, weights_sha256=inception.checksum, reference=inc_path)
     else:
         results["inception"] = None
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(out_dir, "eval.json"), results)
     with open(os.path.join(out_dir, "eval.md"), "w") as f:
         f.write(summary_markdown(results))
     line = f"own-feature FD {own['fd']:.3f}"
@@ -189,8 +212,7 @@ def _signal_evaluation(config, out_dir: str, samples, labels, proto) -> dict:
                    signal_metrics=metrics)
     if "class_accuracy" in metrics:
         results["class_accuracy"] = metrics["class_accuracy"]
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(out_dir, "eval.json"), results)
     lines = ["# Evaluation (signals)", "", f"- samples: {len(samples)} from checkpoint step "
              f"{proto['checkpoint_step']}, {proto['sampler']} {proto['steps']} steps, guidance: "
              f"{_guidance_text(proto['guidance'])}",

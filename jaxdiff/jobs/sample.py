@@ -16,6 +16,7 @@ records a different protocol.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +25,20 @@ import numpy as np
 from jaxdiff import config as C
 from jaxdiff import images as I
 from jaxdiff import parallel, samplers
-from jaxdiff.errors import ConfigError
+from jaxdiff.data import get_source
+from jaxdiff.errors import ConfigError, NonFiniteError
 from jaxdiff.jobs import samples_io as IO
-from jaxdiff.jobs.spec import checkpoint_dir, register_job, restore_model, spec_for_data
+from jaxdiff.jobs.spec import needs_checkpoint, register_job, restore_model, spec_for_data
 
 
-@register_job("sample")
+def _preflight(config, workdir: str, earlier) -> None:
+    """The labels against the data (a config error first), then the checkpoint."""
+    num_classes = get_source(config.data, "heldout").num_classes
+    IO.labels_for(np.zeros(1, np.int64), str(config.sample.labels), num_classes)
+    needs_checkpoint(config, workdir, earlier, int(config.sample.checkpoint_step))
+
+
+@register_job("sample", preflight=_preflight)
 def sample_job(config, workdir: str) -> dict:
     """Runs (or completes) the sampling job; returns the manifest plus the output directory."""
     C.validate(config)
@@ -40,10 +49,9 @@ def sample_job(config, workdir: str) -> dict:
     if size % mesh.size:
         raise ConfigError(f"config.sample.shard_size: {size} is not divisible by the "
                           f"{mesh.size} devices")
-    checkpoint_dir(workdir)
+    _preflight(config, workdir, ())
     spec, _ = spec_for_data(config, "heldout")
     C.validate(config, num_classes=spec.num_classes, example_shape=spec.example_shape)
-    IO.labels_for(np.zeros(1, np.int64), str(s.labels), spec.num_classes)  # check before work
     shardings = parallel.param_shardings(mesh, spec.abstract_params, config.mesh.param_rule)
     params, step = restore_model(spec, workdir,
                                  None if int(s.checkpoint_step) < 0 else int(s.checkpoint_step),
@@ -53,6 +61,7 @@ def sample_job(config, workdir: str) -> dict:
     out_dir = os.path.join(workdir, "samples", s.out_name or IO.protocol_tag(proto))
     is_main = jax.process_index() == 0
     if is_main:
+        print(f"sampling from checkpoint step {step} of {workdir}", flush=True)
         os.makedirs(out_dir, exist_ok=True)
         IO.check_manifest(out_dir, proto)
 
@@ -65,9 +74,15 @@ def sample_job(config, workdir: str) -> dict:
         idx = np.arange(k * size, min((k + 1) * size, n))
         path = os.path.join(out_dir, IO.SHARD_FORMAT.format(k))
         if os.path.exists(path):
-            IO.read_shard(path, idx, spec.example_shape, kind)  # verify; never overwrite
-        else:
-            todo.append((k, idx, path))
+            try:
+                IO.read_shard(path, idx, spec.example_shape, kind)  # verify; never overwrite
+                continue
+            except IO.ShardError as e:  # a shard cut off by a full disk or a damaged file
+                if is_main:
+                    moved = IO.move_aside(path)
+                    print(f"jaxdiff: warning: {e}; moved to {moved}, drawing it again",
+                          file=sys.stderr, flush=True)
+        todo.append((k, idx, path))
     bar = None
     if is_main and todo:
         from tqdm import tqdm
@@ -81,6 +96,11 @@ def sample_job(config, workdir: str) -> dict:
                               steps=int(s.steps), grid=s.grid, cond=spec.condition(g_lab),
                               indices=g_idx, **dict(s.options))
         x = _to_host(out.x0)[: len(idx)]
+        if not np.all(np.isfinite(x)):
+            raise NonFiniteError(
+                f"sampling produced non-finite values in shard {k} (checkpoint step {step}, "
+                f"{s.sampler} {s.steps} steps): the model or the sampler options are broken; "
+                f"nothing of this shard was written")
         if is_main:
             IO.write_shard(path, IO.to_storage(x, kind), labels[: len(idx)],
                            idx.astype(np.int64))

@@ -20,14 +20,16 @@ import numpy as np
 
 from jaxdiff import images as I
 from jaxdiff.data import dataset_name
-from jaxdiff.errors import ConfigError
+from jaxdiff.errors import (ConfigError, CorruptDataError, MissingInputError,
+                            RunEnvironmentError)
+from jaxdiff.jsonio import write_json
 
 SHARD_FORMAT = "shard_{:05d}.npz"
 STORAGE_DTYPES = {"image": np.uint8, "signal": np.float32, "vector": np.float32,
                   "array": np.float32, "tokens": np.int32}
 
 
-class ShardError(ValueError):
+class ShardError(CorruptDataError):
     """A shard on disk is unreadable or does not match the job's protocol."""
 
 
@@ -98,8 +100,8 @@ def read_shard(path: str, expect_indices: np.ndarray | None = None,
         with np.load(path) as z:
             data = {k: z[k] for k in ("samples", "labels", "indices")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise ShardError(f"{path}: corrupted or incomplete shard ({e}); delete it to resample "
-                         f"it") from None
+        raise ShardError(f"{path}: corrupted or incomplete shard ({e}); run --mode=sample "
+                         f"again to move it aside and draw it again") from None
     samples, labels, indices = data["samples"], data["labels"], data["indices"]
     if kind is not None and samples.dtype != STORAGE_DTYPES[kind]:
         raise ShardError(f"{path}: {kind} samples must be stored as "
@@ -119,10 +121,28 @@ def read_shard(path: str, expect_indices: np.ndarray | None = None,
 
 def write_shard(path: str, samples: np.ndarray, labels: np.ndarray,
                 indices: np.ndarray) -> None:
-    """Writes one shard atomically (a temporary file renamed into place)."""
+    """Writes one shard atomically (a temporary file renamed into place); a failed write
+    (a full disk) removes the temporary file and raises RunEnvironmentError."""
     tmp = path + ".tmp.npz"
-    np.savez(tmp, samples=samples, labels=labels, indices=indices)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, samples=samples, labels=labels, indices=indices)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise RunEnvironmentError(f"could not write the sample shard {path}: "
+                                  f"{e.strerror or e}; the shards written before it are kept: "
+                                  f"fix the cause (e.g. free disk space) and rerun --mode=sample "
+                                  f"to complete the job") from None
+
+
+def move_aside(path: str) -> str:
+    """Renames a damaged file to ``<path>.corrupt[.n]`` (kept for inspection); returns it."""
+    dest, n = path + ".corrupt", 1
+    while os.path.exists(dest):
+        dest, n = f"{path}.corrupt.{n}", n + 1
+    os.replace(path, dest)
+    return dest
 
 
 def check_manifest(out_dir: str, proto: dict) -> None:
@@ -136,9 +156,7 @@ def check_manifest(out_dir: str, proto: dict) -> None:
             raise ConfigError(f"config.sample: {out_dir} holds samples of another protocol "
                               f"(differs in {diff}); choose another config.sample.out_name")
     else:
-        with open(path + ".tmp", "w") as f:
-            json.dump(proto, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, proto)
 
 
 def samples_dir(config, workdir: str, num_classes: int, example_shape, kind: str) -> str:
@@ -156,7 +174,7 @@ def samples_dir(config, workdir: str, num_classes: int, example_shape, kind: str
         step = ckpt.latest_step()
         ckpt.close()
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
+            raise MissingInputError(f"no checkpoint in {ckpt_dir}: train first")
     proto = protocol(config, num_classes, example_shape, step, kind)
     return os.path.join(workdir, "samples", protocol_tag(proto))
 
@@ -170,7 +188,7 @@ def load_samples(out_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
     for k in range(-(-n // size)):
         path = os.path.join(out_dir, SHARD_FORMAT.format(k))
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is missing: run --mode=sample again to complete "
+            raise MissingInputError(f"{path} is missing: run --mode=sample again to complete "
                                     f"the job")
         d = read_shard(path, np.arange(k * size, min((k + 1) * size, n)),
                        tuple(proto["example_shape"]), proto["kind"])

@@ -30,7 +30,7 @@ from jaxdiff import parameterization as P
 from jaxdiff import schedules
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.denoiser import Denoiser, NNXApply
-from jaxdiff.errors import ConfigError
+from jaxdiff.errors import ConfigError, MissingInputError
 from jaxdiff.registry import Registry
 
 JOBS = Registry("job")
@@ -39,9 +39,42 @@ OLD_LAYOUT_HINT = ("the layout of an earlier jaxdiff (one 'state' item); train a
                    "--workdir")
 
 
-def register_job(name: str):
-    """Registers ``run(config, workdir) -> dict`` as the job ``--mode=name``."""
-    return JOBS.register(name)
+def register_job(name: str, preflight=None):
+    """Registers ``run(config, workdir) -> dict`` as the job ``--mode=name``.
+
+    ``preflight(config, workdir, earlier)`` (optional) checks, cheaply and before any job of
+    the command runs, what this job will need (``earlier``: the modes that run before it in the
+    same command, which may make its inputs); it raises a JaxdiffError naming the fix.
+    """
+    return JOBS.register(name, preflight=preflight)
+
+
+def preflight(config, workdir: str, modes) -> None:
+    """Runs every job's preflight check for the command ``--mode=<modes>``, in order."""
+    for i, mode in enumerate(modes):
+        check = JOBS.entry(mode).meta.get("preflight")
+        if check is not None:
+            check(config, workdir, tuple(modes[:i]))
+
+
+def needs_checkpoint(config, workdir: str, earlier, step: int | None = None) -> None:
+    """Preflight of the jobs that use a trained model: unless ``train`` runs first, a
+    checkpoint (``step``, or any when None or < 0) is there and was trained with this config's
+    model fields."""
+    from jaxdiff.jobs import rundir
+
+    if "train" in earlier:
+        return
+    steps = rundir.checkpoint_steps(workdir)
+    if not steps:
+        checkpoint_dir(workdir)
+        raise MissingInputError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+                                f"train first (--mode=train with the same --workdir)")
+    if step is not None and step >= 0 and step not in steps:
+        raise MissingInputError(f"config.sample.checkpoint_step={step}: no such checkpoint in "
+                                f"{os.path.join(workdir, 'checkpoints')}; available steps: "
+                                f"{steps}")
+    rundir.check_compatible(workdir, config, "restore")
 
 
 def build_schedule(diffusion_cfg) -> schedules.Schedule:
@@ -146,20 +179,22 @@ def abstract_model(spec: RunSpec, num_ema: int | None = None) -> dict:
 
 
 def checkpoint_dir(workdir: str) -> str:
-    """``workdir/checkpoints``; raises FileNotFoundError (naming the fix) when it is missing.
+    """``workdir/checkpoints``; raises MissingInputError (naming the fix) when it is missing.
     Jobs call it before building their network, so a wrong --workdir fails at once."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"no checkpoint directory {ckpt_dir}: train first "
+        raise MissingInputError(f"no checkpoint directory {ckpt_dir}: train first "
                                 f"(--mode=train with the same --workdir)")
     return ckpt_dir
 
 
 def open_checkpoints(workdir: str, **kwargs) -> Checkpointer:
-    """The run's Checkpointer (items ``model`` and ``train``); a checkpoint of the earlier
-    one-item layout raises CheckpointFormatError naming the fix."""
+    """The run's Checkpointer (items ``model`` and ``train``; non-finite states are never
+    saved, and an unreadable or non-finite newest checkpoint is moved aside for the next
+    older one); a checkpoint of the earlier one-item layout raises CheckpointFormatError
+    naming the fix."""
     return Checkpointer(os.path.join(workdir, "checkpoints"), items=CHECKPOINT_ITEMS,
-                        layout_hint=OLD_LAYOUT_HINT, **kwargs)
+                        layout_hint=OLD_LAYOUT_HINT, require_finite=True, **kwargs)
 
 
 def restore_model(spec: RunSpec, workdir: str, step: int | None = None,
@@ -167,19 +202,19 @@ def restore_model(spec: RunSpec, workdir: str, step: int | None = None,
     """Restores the ``model`` item of ``workdir``'s checkpoint ``step`` (default: the latest).
 
     Returns (params, step): the EMA ``ema_index`` (default ``config.sample.ema_index``; -1 for
-    the raw parameters) as a pure dict, and the checkpoint's step.  No optimizer state is read
+    the raw parameters) as a pure dict, and the checkpoint's step (with ``step`` None, the
+    newest readable one: an unreadable newest checkpoint is moved aside, see ``Checkpointer``).  No optimizer state is read
     or allocated.  ``shardings``: optional pytree of shardings for the parameters.
     """
     checkpoint_dir(workdir)
     ckpt = open_checkpoints(workdir, async_save=False)
     try:
-        steps = ckpt.all_steps()
-        chosen = steps[-1] if (step is None and steps) else step
         target = abstract_model(spec)
         if shardings is not None:
             target = dict(params=_with_shardings(target["params"], shardings),
                           ema=tuple(_with_shardings(e, shardings) for e in target["ema"]))
-        restored, _ = ckpt.restore(step=chosen, target=dict(model=target))
+        restored, _ = ckpt.restore(step=step, target=dict(model=target))
+        chosen = ckpt.restored_step
     finally:
         ckpt.close()
     index = int(spec.config.sample.ema_index if ema_index is None else ema_index)

@@ -19,11 +19,10 @@ with num_updates), so early averages are not dominated by the random initialisat
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 import signal
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,10 @@ from jaxdiff import config as C
 from jaxdiff import images as I
 from jaxdiff import parallel, samplers
 from jaxdiff.data import BatchSampler, batch_iterator, get_source
+from jaxdiff.errors import NonFiniteError
+from jaxdiff.jobs import rundir
 from jaxdiff.jobs.spec import RunSpec, build_spec, open_checkpoints, register_job
+from jaxdiff.jsonio import write_json
 from jaxdiff.objectives import Objective, build_objective
 
 Array = jax.Array
@@ -106,7 +108,9 @@ def make_train_step(trainer: Trainer):
 
     batch: dict(x=(B, ...) float32 examples, label=(B,) int32).  The objective's loss gets the
     step's key fold_in(rng, step); example j of the global batch draws its own randomness from
-    fold_in of that key with j (``jaxdiff.rng``).
+    fold_in of that key with j (``jaxdiff.rng``).  A step with a non-finite loss or gradient
+    keeps the parameters, EMAs, optimizer and objective state and only advances the step;
+    ``metrics['nonfinite']`` is 1 for it (the job counts these and halts on a run of them).
     """
     cfg = trainer.config
     decays = tuple(float(x) for x in cfg.train.ema_decays)
@@ -129,11 +133,18 @@ def make_train_step(trainer: Trainer):
             ema.append(jax.tree.map(lambda a, p, dec=decay: dec * a + (1.0 - dec) * p, avg, params))
         extra, extra_metrics = objective.update_extra(
             tr["extra"], params, batch, jax.random.fold_in(key, 1), step)
-        metrics = dict(obj_metrics, **extra_metrics, loss=loss,
-                       grad_norm=optax.global_norm(grads), lr=trainer.lr_schedule(step))
-        return dict(model=dict(params=params, ema=tuple(ema)),
-                    train=dict(step=new_step, opt_state=opt_state, rng=tr["rng"],
-                               extra=extra)), metrics
+        grad_norm = optax.global_norm(grads)
+        # The non-finite guard: a step whose loss or gradient is NaN/Inf changes nothing but
+        # the step (its batch is consumed), so the state stays that of the last finite step.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        model, opt_state, extra = jax.lax.cond(
+            finite, lambda new, old: new, lambda new, old: old,
+            (dict(params=params, ema=tuple(ema)), opt_state, extra),
+            (model, tr["opt_state"], tr["extra"]))
+        metrics = dict(obj_metrics, **extra_metrics, loss=loss, grad_norm=grad_norm,
+                       lr=trainer.lr_schedule(step), nonfinite=1 - finite.astype(jnp.int32))
+        return dict(model=model, train=dict(step=new_step, opt_state=opt_state, rng=tr["rng"],
+                                            extra=extra)), metrics
 
     return train_step
 
@@ -241,13 +252,56 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _log_line(step: int, num_steps: int, m: dict, steps_per_s: float, batch: int) -> str:
+def _log_line(step: int, num_steps: int, m: dict, steps_per_s: float, batch: int,
+              skipped: int) -> str:
     return (f"step {step}/{num_steps}  loss {m['loss']:.4f}  grad_norm {m['grad_norm']:.3f}  "
-            f"lr {m['lr']:.2e}  {steps_per_s:.2f} steps/s  {steps_per_s * batch:.1f} images/s")
+            f"lr {m['lr']:.2e}  {steps_per_s:.2f} steps/s  {steps_per_s * batch:.1f} images/s"
+            + (f"  skipped {skipped} non-finite" if skipped else ""))
+
+
+class _Divergence:
+    """Counts the steps the non-finite guard skipped, one step behind the device (reading a
+    step's flag waits for that step only, so the next one is already queued)."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.total = 0
+        self.run = 0            # skipped steps in a row, ending at the last one read
+        self.run_start = None
+        self._pending = None    # (step, device flag) not read yet
+
+    def push(self, step: int, flag) -> None:
+        self.flush()
+        self._pending = (step, flag)
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        step, flag = self._pending
+        self._pending = None
+        if int(jax.device_get(flag)):
+            self.total += 1
+            self.run_start = step if self.run == 0 else self.run_start
+            self.run += 1
+        else:
+            self.run = 0
+
+    @property
+    def diverged(self) -> bool:
+        return self.run >= self.limit
+
+    def message(self, config, latest_checkpoint) -> str:
+        end = self.run_start + self.run - 1
+        return (f"training diverged: the loss or gradient was non-finite in {self.run} steps in "
+                f"a row (steps {self.run_start}-{end}; config.train.max_nonfinite_steps="
+                f"{self.limit}); each was skipped, and the newest checkpoint (step "
+                f"{latest_checkpoint}) holds finite parameters. Likely cause: a learning rate "
+                f"too high for this model (config.optim.lr={config.optim.lr}); lower it or set "
+                f"config.optim.grad_clip, then resume with the same --workdir")
 
 
 def _restore_state(ckpt, state, shard):
-    """The latest checkpoint restored onto the state's shardings."""
+    """The newest readable checkpoint restored onto the state's shardings."""
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
                             if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
                             else x, state, shard)
@@ -255,10 +309,22 @@ def _restore_state(ckpt, state, shard):
     return restored
 
 
-@register_job("train")
+def _preflight(config, workdir: str, earlier) -> None:
+    del earlier
+    rundir.check_compatible(workdir, config, "train")
+
+
+@register_job("train", preflight=_preflight)
 def train(config, workdir: str) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns a summary dict (also written as
-    ``workdir/train_summary.json``)."""
+    ``workdir/train_summary.json``).
+
+    Before anything is built: the config is validated against the data and devices, and, when
+    ``workdir`` holds checkpoints, against the config they were trained with
+    (``rundir.check_compatible``).  ``config.json`` is written once the checkpoint restored.
+    Raises NonFiniteError (after writing the summary) when ``config.train.max_nonfinite_steps``
+    steps in a row were skipped by the non-finite guard.
+    """
     C.validate(config)
     parallel.maybe_initialize_distributed(config)
     mesh = parallel.make_mesh(config.mesh)
@@ -267,16 +333,15 @@ def train(config, workdir: str) -> dict:
     # Validate against the data and devices before building: initialising already compiles.
     C.validate(config, num_classes=source.num_classes, example_shape=source.example_shape,
                device_count=mesh.size)
+    rundir.check_writable(workdir)
+    rundir.check_compatible(workdir, config, "train")
     trainer, state = build_trainer(config, source.num_classes, source.example_shape,
                                    source.kind)
     spec = trainer.spec
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
 
     step_fn, shard = compile_train_step(trainer, state, mesh)
+    os.makedirs(workdir, exist_ok=True)
     ckpt = open_checkpoints(workdir, max_to_keep=int(tc.keep_checkpoints),
                             save_interval_steps=int(tc.checkpoint_every) or 10**12)
     start = 0
@@ -286,6 +351,8 @@ def train(config, workdir: str) -> dict:
         if is_main:
             print(f"resumed from {ckpt.directory} at step {start}", flush=True)
     state = place_state(state, shard)
+    if is_main:
+        rundir.write_config(workdir, config)
 
     num_steps = int(tc.num_steps)
     sampler = BatchSampler(num_examples=len(source), global_batch_size=int(tc.batch_size),
@@ -312,6 +379,7 @@ def train(config, workdir: str) -> dict:
     reason = "finished"
     saved_step = start
     compile_s = None
+    guard = _Divergence(int(tc.max_nonfinite_steps))
     with _StopFlag() as stop:
         while step < num_steps:
             x, labels = next(batches)
@@ -319,12 +387,14 @@ def train(config, workdir: str) -> dict:
             t0 = time.time()
             state, metrics = step_fn(state, batch)
             step += 1
+            guard.push(step, metrics["nonfinite"])
             if compile_s is None:
                 jax.block_until_ready(metrics)
                 compile_s = time.time() - t0
             if bar is not None:
                 bar.update(1)
             if tc.log_every and (step % tc.log_every == 0 or step == num_steps):
+                guard.flush()
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 state["train"]["extra"] = place_state(trainer.objective.host_update(
                     state["train"]["extra"], step, m), shard["train"]["extra"])
@@ -332,12 +402,17 @@ def train(config, workdir: str) -> dict:
                 rate = (step - step_last) / max(now - t_last, 1e-9)
                 t_last, step_last, last_metrics = now, step, m
                 if is_main:
-                    line = _log_line(step, num_steps, m, rate, int(tc.batch_size))
+                    line = _log_line(step, num_steps, m, rate, int(tc.batch_size), guard.total)
                     (bar.write if bar is not None else print)(line)
                     for k, v in m.items():
-                        writer.add_scalar(f"train/{k}", v, step)
+                        if math.isfinite(v):  # a skipped step's NaN loss stays off the board
+                            writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/steps_per_s", rate, step)
                     writer.add_scalar("train/images_per_s", rate * int(tc.batch_size), step)
+                    writer.add_scalar("train/skipped_nonfinite", guard.total, step)
+            if guard.diverged:
+                reason = "diverged"
+                break
             if ckpt.save(step, state):
                 saved_step = step
             if tc.sample_every and step % tc.sample_every == 0 and step < num_steps and is_main:
@@ -349,26 +424,33 @@ def train(config, workdir: str) -> dict:
             if deadline is not None and time.time() > deadline:
                 reason = "time limit"
                 break
-    if saved_step != step:
+    guard.flush()
+    if guard.diverged:
+        reason = "diverged"
+    if saved_step != step and reason != "diverged":
         ckpt.save(step, state, force=True)
     ckpt.wait_until_finished()
     if bar is not None:
         bar.close()
     grid_path = None
-    if is_main and stop.signal is None:
+    if is_main and stop.signal is None and reason != "diverged":
         grid_path = write_preview(spec, state["model"],
                                   os.path.join(workdir, "samples", "final.png"))
     summary = dict(step=step, num_steps=num_steps, stopped=reason, last_metrics=last_metrics,
+                   skipped_nonfinite_steps=guard.total,
                    first_step_seconds_incl_compile=compile_s, sample_grid=grid_path,
                    devices=jax.device_count(), processes=jax.process_count())
     if is_main:
-        with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(workdir, "train_summary.json"), summary)
         if writer is not None:
             writer.close()
-        print(f"stopped at step {step} ({reason}); checkpoint in {ckpt.directory}"
-              + (f"; samples in {grid_path}" if grid_path else ""), flush=True)
+        if reason != "diverged":
+            print(f"stopped at step {step} ({reason}); checkpoint in {ckpt.directory}"
+                  + (f"; samples in {grid_path}" if grid_path else ""), flush=True)
+    latest = ckpt.latest_step()
     ckpt.close()
+    if reason == "diverged":
+        raise NonFiniteError(guard.message(config, latest))
     return summary
 
 

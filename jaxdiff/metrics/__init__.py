@@ -14,7 +14,7 @@ The own-feature classifier is trained / loaded by ``jaxdiff.classifier_train``.
 from jaxdiff.metrics.features import FeatureNetwork, sha256_file
 from jaxdiff.metrics.frechet import (feature_statistics, frechet_distance, sqrtm_psd,
                                      sqrtm_psd_product, trace_sqrtm_psd_product)
-from jaxdiff.metrics.inception import WEIGHTS_ENV, WEIGHTS_FILE, load_inception
+from jaxdiff.metrics.inception import WEIGHTS_ENV, WEIGHTS_FILE, check_weights, load_inception
 from jaxdiff.metrics.reference import (Reference, compute_reference, extract_features,
                                        load_reference, save_reference)
 from jaxdiff.metrics.scores import (inception_score, kernel_inception_distance, knn_radii,
@@ -23,7 +23,7 @@ from jaxdiff.metrics.signals import (SignalClassifier, fit_signal_classifier, si
                                      signal_metrics)
 
 __all__ = ["FeatureNetwork", "Reference", "SignalClassifier", "WEIGHTS_ENV", "WEIGHTS_FILE",
-           "compute_reference", "extract_features", "feature_statistics",
+           "check_weights", "compute_reference", "extract_features", "feature_statistics",
            "fit_signal_classifier", "frechet_distance", "inception_score",
            "kernel_inception_distance", "knn_radii", "load_inception", "load_reference",
            "precision_recall", "save_reference", "sha256_file", "signal_features",

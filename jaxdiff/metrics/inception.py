@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiff.errors import CorruptDataError, MissingInputError
 from jaxdiff.metrics.features import FeatureNetwork, sha256_file
 from jaxdiff.metrics.torch_weights import load_state_dict
 
@@ -384,18 +385,39 @@ def weights_instructions(problem: str) -> str:
 
 
 def resolve_weights_path(path: str | os.PathLike | None = None) -> str:
-    """``path`` if given, else ``$JAXDIFF_INCEPTION_WEIGHTS``; FileNotFoundError with download
+    """``path`` if given, else ``$JAXDIFF_INCEPTION_WEIGHTS``; MissingInputError with download
     and placement instructions when neither names an existing file."""
     if path is None or os.fspath(path) == "":
         path = os.environ.get(WEIGHTS_ENV, "")
         if not path:
-            raise FileNotFoundError(weights_instructions(
+            raise MissingInputError(weights_instructions(
                 f"No Inception weights path given and {WEIGHTS_ENV} is not set"))
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(weights_instructions(f"Inception weights file {path!r} does not "
+        raise MissingInputError(weights_instructions(f"Inception weights file {path!r} does not "
                                                      f"exist"))
     return path
+
+
+def check_weights(path: str | os.PathLike | None = None,
+                  require_standard: bool = True) -> tuple[str, str]:
+    """(path, SHA-256) of the Inception weights file, checked without loading it: it exists
+    and, with ``require_standard``, a ``.pth`` is the published file.
+
+    Raises:
+      MissingInputError: no weights file (the message says where to get it).
+      CorruptDataError: another file than the published one under ``require_standard``.
+    """
+    path = resolve_weights_path(path)
+    checksum = sha256_file(path)
+    if require_standard and not path.endswith(".npz") and not checksum.startswith(
+            WEIGHTS_SHA256_PREFIX):
+        raise CorruptDataError(
+            f"Inception weights {path}: SHA-256 {checksum[:16]}... is not that of "
+            f"{WEIGHTS_FILE} ({WEIGHTS_SHA256_PREFIX}...); FIDs from other weights are not "
+            f"comparable. Point {WEIGHTS_ENV} or config.eval.inception_weights at the published "
+            f"file, or set config.eval.require_standard_inception=False to use it anyway")
+    return path, checksum
 
 
 def _forward(graphdef, state, images, quantize: bool):
@@ -417,16 +439,11 @@ def load_inception(path: str | os.PathLike | None = None, *, batch_size: int = 5
       mapping (N, H, W, 1 or 3) images in [-1, 1] to pool3 features (N, 2048) and logits
       (N, 1008).
     Raises:
-      FileNotFoundError: no weights file (message says where to get it and where to put it).
-      ValueError: the file is not the published one, or its keys / shapes do not match.
+      MissingInputError: no weights file (message says where to get it and where to put it).
+      CorruptDataError: the file is not the published one (``require_standard``).
+      ValueError: its keys / shapes do not match.
     """
-    path = resolve_weights_path(path)
-    checksum = sha256_file(path)
-    if require_standard and not path.endswith(".npz") and not checksum.startswith(
-            WEIGHTS_SHA256_PREFIX):
-        raise ValueError(f"{path}: SHA-256 {checksum} is not that of {WEIGHTS_FILE} (which "
-                         f"starts with {WEIGHTS_SHA256_PREFIX}); FIDs from other weights are "
-                         f"not comparable. Pass require_standard=False to use it anyway.")
+    path, checksum = check_weights(path, require_standard)
     graphdef, state = nnx.split(inception_from_torch(load_state_dict(path)))
     apply = jax.jit(functools.partial(_forward, graphdef, quantize=quantize))
     return FeatureNetwork(name=NETWORK_NAME, checksum=checksum, feature_dim=FEATURE_DIM,

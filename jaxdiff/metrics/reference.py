@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from jaxdiff.jsonio import write_json
 from jaxdiff.metrics.features import FeatureNetwork, sha256_file
 from jaxdiff.metrics.frechet import feature_statistics
 
@@ -101,8 +102,7 @@ def save_reference(path: str, features, *, network: FeatureNetwork, dataset: str
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     np.savez(path, **arrays)
     sidecar = dict(metadata, stats_file=os.path.basename(path), sha256=sha256_file(path))
-    with open(sidecar_path(path), "w") as f:
-        json.dump(sidecar, f, indent=2, sort_keys=True)
+    write_json(sidecar_path(path), sidecar, sort_keys=True)
     return Reference(mu=mu, sigma=sigma, features=features if store_features else None,
                      metadata=metadata)
 

@@ -6,8 +6,13 @@ Modes:
   kill_after     save step 1, wait until finished, print "saved", then SIGKILL itself.
   kill_mid       save step 1 and wait; start an async save of step 2 with a 64 MiB array, then
                  SIGKILL itself as soon as its files start to appear.
+  write_fails    save step 1; with the file-size limit lowered below the next checkpoint's
+                 size (a full disk, as the writer sees it), save step 2 and report the error;
+                 then, the limit lifted, reopen the directory as a restarted job would and
+                 report its steps after its first save and any temporary directories left.
 """
 import glob
+import resource
 import json
 import os
 import signal
@@ -79,5 +84,31 @@ def kill_mid(directory):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def write_fails(directory):
+    ckpt = Checkpointer(directory, items=("model", "train"))
+    ckpt.save(1, dict(model={"w": jnp.zeros(4)}, train={"step": jnp.int32(1)}), force=True)
+    ckpt.wait_until_finished()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # a write past the limit: EFBIG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    big = jax.random.normal(jax.random.key(0), (4 << 20,))  # 16 MiB, incompressible
+    result = {}
+    try:
+        ckpt.save(2, dict(model={"w": big}, train={"step": jnp.int32(2)}), force=True)
+        ckpt.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        result = dict(error=type(e).__name__, message=str(e))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    restarted = Checkpointer(directory, items=("model", "train"))
+    restarted.save(3, dict(model={"w": jnp.ones(4)}, train={"step": jnp.int32(3)}), force=True)
+    restarted.wait_until_finished()
+    result.update(steps_after_restart=restarted.all_steps(),
+                  leftovers_after_restart=sorted(d for d in os.listdir(directory)
+                                                 if not d.isdigit()))
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # the failed background writer of the first manager is not joined
+
+
 if __name__ == "__main__":
-    {"restore8": restore8, "kill_after": kill_after, "kill_mid": kill_mid}[sys.argv[1]](sys.argv[2])
+    {"restore8": restore8, "kill_after": kill_after, "kill_mid": kill_mid,
+     "write_fails": write_fails}[sys.argv[1]](sys.argv[2])
