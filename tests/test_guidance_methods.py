@@ -302,3 +302,46 @@ def test_composition_in_one_jit_with_every_scale_traced():
     out = samplers.sample(stack(3.0, 0.5, 1.5, 1.0), jax.random.key(0), (n, 2), sampler="ddim",
                           steps=5, cond=yy)
     assert samplers.compile_count() == before and np.all(np.isfinite(out.x0))
+
+
+# ------------------------------------------------------------------------------------------------
+# autoguidance's bad model restored from a trained workdir
+# ------------------------------------------------------------------------------------------------
+
+def test_autoguidance_loads_a_smaller_bad_model_from_its_workdir(tmp_path):
+    """The registered builder restores the bad model of ``bad_workdir`` with the network of that
+    workdir's own config.json (here: half the channels of the run's network)."""
+    import os
+
+    from jaxdiff.jobs.spec import open_checkpoints, spec_for_data
+    from tests.sample_job_common import tiny_config
+
+    def constant_params(spec, value):        # any weights will do; no initialiser compiled
+        return jax.tree.map(lambda a: jnp.full(a.shape, value, a.dtype), spec.abstract_params)
+
+    run_cfg = tiny_config()
+    bad_cfg = tiny_config()
+    bad_cfg.model.base_channels = 4
+    bad_spec, _ = spec_for_data(bad_cfg)
+    bad_params = constant_params(bad_spec, 0.02)
+    bad_dir = str(tmp_path / "bad")
+    ckpt = open_checkpoints(bad_dir, async_save=False)
+    ckpt.save(0, dict(model=dict(params=bad_params,
+                                 ema=tuple(bad_params for _ in bad_cfg.train.ema_decays)),
+                      train=dict(step=jnp.zeros((), jnp.int32))), force=True)
+    ckpt.close()
+    with open(os.path.join(bad_dir, "config.json"), "w") as f:
+        f.write(bad_cfg.to_json_best_effort())
+
+    spec, _ = spec_for_data(run_cfg)
+    good = spec.denoiser(constant_params(spec, 0.01))
+    section = guidance_config("autoguidance", bad_workdir=bad_dir, scale=1.0)
+    check_guidance(section)
+    den = build_guidance(good, section, spec)
+    widths = {tuple(v.shape)[-1] for v in jax.tree.leaves(den.bad.params)}
+    assert max(widths) < max(tuple(v.shape)[-1] for v in jax.tree.leaves(good.params))
+    x = jax.random.normal(jax.random.key(0), (2,) + spec.example_shape)
+    y = jnp.array([0, 1], jnp.int32)
+    chex.assert_trees_all_equal(den(x, 0.5, y), good(x, 0.5, y))
+    guided = dataclasses.replace(den, scale=2.0)(x, 0.5, y)
+    assert np.all(np.isfinite(guided)) and not np.array_equal(guided, good(x, 0.5, y))
