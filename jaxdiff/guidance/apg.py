@@ -111,14 +111,14 @@ def _defaults():
 def _check(section) -> None:
     from jaxdiff.config import number
 
-    number(section.scale, "guidance.scale")
-    number(section.eta, "guidance.eta")
-    number(section.norm_threshold, "guidance.norm_threshold", low=0.0)
-    number(section.t_lo, "guidance.t_lo", low=0.0, high=1.0)
-    number(section.t_hi, "guidance.t_hi", low=0.0, high=1.0)
-    if section.t_lo >= section.t_hi:
+    number(section.get("scale"), "guidance.scale")
+    number(section.get("eta"), "guidance.eta")
+    number(section.get("norm_threshold"), "guidance.norm_threshold", low=0.0)
+    number(section.get("t_lo"), "guidance.t_lo", low=0.0, high=1.0)
+    number(section.get("t_hi"), "guidance.t_hi", low=0.0, high=1.0)
+    if section.get("t_lo") >= section.get("t_hi"):
         raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
-                          f"({section.t_lo}, {section.t_hi})")
+                          f"({section.get('t_lo')}, {section.get('t_hi')})")
 
 
 @register_guidance("apg", defaults=_defaults, check=_check,

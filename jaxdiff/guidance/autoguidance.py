@@ -95,16 +95,16 @@ def _defaults():
 def _check(section) -> None:
     from jaxdiff.config import number
 
-    number(section.scale, "guidance.scale")
-    number(section.t_lo, "guidance.t_lo", low=0.0, high=1.0)
-    number(section.t_hi, "guidance.t_hi", low=0.0, high=1.0)
-    if section.t_lo >= section.t_hi:
+    number(section.get("scale"), "guidance.scale")
+    number(section.get("t_lo"), "guidance.t_lo", low=0.0, high=1.0)
+    number(section.get("t_hi"), "guidance.t_hi", low=0.0, high=1.0)
+    if section.get("t_lo") >= section.get("t_hi"):
         raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
-                          f"({section.t_lo}, {section.t_hi})")
-    if not isinstance(section.bad_workdir, str):
+                          f"({section.get('t_lo')}, {section.get('t_hi')})")
+    if not isinstance(section.get("bad_workdir"), str):
         raise ConfigError(f"config.guidance.bad_workdir: must be a path, got "
-                          f"{section.bad_workdir!r}")
-    number(section.bad_step, "guidance.bad_step", low=-1, integer=True)
+                          f"{section.get('bad_workdir')!r}")
+    number(section.get("bad_step"), "guidance.bad_step", low=-1, integer=True)
 
 
 def bad_model_config(run_config, bad_workdir: str):

@@ -139,13 +139,13 @@ def _defaults():
 def _check(section) -> None:
     from jaxdiff.config import number
 
-    number(section.scale, "guidance.scale")
-    number(section.tau1, "guidance.tau1", low=0.0)
-    number(section.tau2, "guidance.tau2", low=0.0)
-    number(section.gamma, "guidance.gamma")
-    if not isinstance(section.classifier_dir, str):
+    number(section.get("scale"), "guidance.scale")
+    number(section.get("tau1"), "guidance.tau1", low=0.0)
+    number(section.get("tau2"), "guidance.tau2", low=0.0)
+    number(section.get("gamma"), "guidance.gamma")
+    if not isinstance(section.get("classifier_dir"), str):
         raise ConfigError(f"config.guidance.classifier_dir: must be a path, got "
-                          f"{section.classifier_dir!r}")
+                          f"{section.get('classifier_dir')!r}")
 
 
 def load_classifier(section, spec):
