@@ -12,9 +12,9 @@ With D_c, D_u the conditional and unconditional x0-predictions (one batched call
     guided = D_c + (s - 1) (orth + eta par)
 
 s = 1 returns D_c bit-for-bit; eta = 1 with r = 0 (or r = inf) is CFG at the same s up to float
-rounding (orth + par = diff); eta = 0 (the paper's recommendation) drops the parallel part,
-which the paper finds is what oversaturates at high s.  The paper works on the denoised
-(x0) prediction, as here.
+rounding (orth + par = diff); eta = 0 (the default of public implementations of the paper)
+drops the parallel part, which the paper identifies as what oversaturates at high s.  The
+paper works on the denoised (x0) prediction, as here.
 
 Momentum (the paper's running average of diff with a negative beta) needs state carried from
 one sampler step to the next, which a pure Denoiser has not: it is not supported (beta = 0).
