@@ -2,10 +2,10 @@
 test-only kit of tests/plugins/toy_method.py) built from its default config section passes the
 same checks, so a newly registered transform gets them for free:
 
-* its own check accepts its defaults and rejects a non-number in each numeric field;
+* its own check accepts its defaults and rejects a non-number in each float field;
 * output shape and dtype equal the input's; jit and no-jit agree;
 * batch-size invariance: example 0 alone equals example 0 in a batch of 3;
-* changing a numeric field's value does not recompile a jitted function of the transform.
+* changing a float field's value does not recompile a jitted function of the transform.
 """
 import dataclasses
 
@@ -27,7 +27,9 @@ DEN = G.oracle_denoiser(MIX, schedules.EDM())
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
-    """The part of a run spec a guidance builder reads."""
+    """The part of a run spec a guidance builder reads, plus the in-memory models a builder
+    that names another model (autoguidance's bad model, a guiding classifier) is given instead
+    of loading a checkpoint."""
 
     num_classes: int = MIX.num_classes
 
@@ -35,10 +37,21 @@ class _Spec:
     def null(self):
         return self.num_classes
 
+    def load_denoiser(self, workdir, step):
+        """A weaker model of the same data: the oracle of the mixture with wider components."""
+        del workdir, step
+        return G.oracle_denoiser(dataclasses.replace(MIX, stds=2.0 * MIX.stds), schedules.EDM())
+
+    def load_classifier(self, path):
+        """(logits_fn, params, num_classes): the mixture's exact clean-data classifier."""
+        del path
+        return G.CleanClassifier(), MIX, MIX.num_classes
+
 
 def _numeric_fields(section):
-    return [k for k, v in section.items()
-            if k != "name" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    """The float fields: the traced knobs.  Int fields pick structure (a checkpoint step), are
+    not traced, and ConfigDict's type safety already refuses a float in them."""
+    return [k for k, v in section.items() if k != "name" and isinstance(v, float)]
 
 
 def _inputs(b):

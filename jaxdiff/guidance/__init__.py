@@ -5,9 +5,12 @@ Importing this package registers every transform in ``GUIDANCE`` (see ``guidance
 from jaxdiff.cond import null_like
 from jaxdiff.guidance.base import (GUIDANCE, Guided, build_guidance, check_guidance,
                                    evals_per_call, guidance_config, register_guidance)
+from jaxdiff.guidance.apg import APG
+from jaxdiff.guidance.autoguidance import Autoguidance
 from jaxdiff.guidance.cfg import CFG
 from jaxdiff.guidance.classifier import ClassifierGuidance
+from jaxdiff.guidance.elucd import EluCD
 
-__all__ = ["CFG", "ClassifierGuidance", "GUIDANCE", "Guided", "build_guidance",
-           "check_guidance", "evals_per_call", "guidance_config", "null_like",
+__all__ = ["APG", "Autoguidance", "CFG", "ClassifierGuidance", "EluCD", "GUIDANCE", "Guided",
+           "build_guidance", "check_guidance", "evals_per_call", "guidance_config", "null_like",
            "register_guidance"]

@@ -13,6 +13,10 @@ jobs build it with ``build_guidance(inner, config.guidance, spec)``.  A new meth
 
 and reaches ``--mode=sample`` through ``--config.guidance.name=mine`` without editing a job.
 ``spec`` is the run's ``jaxdiff.jobs.spec.RunSpec`` (num_classes, null condition, schedule).
+A transform that needs a second model names it in its section (autoguidance's ``bad_workdir``,
+EluCD's ``classifier_dir``) and loads it at build time; a spec object may instead hand it over
+from memory through ``spec.load_denoiser(workdir, step)`` / ``spec.load_classifier(path)``
+(a host program holding its models, or the conformance test's spec).
 """
 from __future__ import annotations
 

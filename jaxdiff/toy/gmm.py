@@ -231,3 +231,13 @@ class OracleClassifier:
         alpha, sigma = self.schedule.alpha_sigma(t)
         lp = gmm.class_log_posterior(x, alpha, sigma)
         return jnp.take_along_axis(lp, jnp.asarray(y, jnp.int32)[:, None], axis=1)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanClassifier:
+    """The exact clean-data classifier ``f(gmm, x0) -> (B, C) log p(c | x0)`` (no noise: alpha = 1,
+    sigma = 0), usable as ``logits_fn`` of the off-the-shelf classifier guidances (params=gmm)."""
+
+    def __call__(self, gmm: GMM, x0: Array) -> Array:
+        ones = jnp.ones(x0.shape[:1], jnp.float32)
+        return gmm.class_log_posterior(x0, ones, 0.0 * ones)

@@ -1,0 +1,172 @@
+"""Autoguidance (Karras et al., NeurIPS 2024, "Guiding a diffusion model with a bad version of
+itself") as a Denoiser -> Denoiser transform.
+
+    guided = D_bad + s (D_good - D_bad)
+
+(the paper's guidance formula: CFG's extrapolation with the bad model in place of the
+unconditional one), both denoisers given the same condition (a class, or none): D_bad is a
+weaker model of the same task (smaller, and/or trained for fewer steps), s = 1 is the good model
+and s = 0 the bad one.  It is evaluated in the algebraically equal form
+
+    guided = D_good + (s - 1) (D_good - D_bad)
+
+so that s = 1 returns D_good bit-for-bit, and a bad model equal to the good one returns D_good
+bit-for-bit at every s (the difference is exactly zero).  Guiding the x0-prediction is the same
+as guiding eps or the score (the weights sum to one; see ``jaxdiff.guidance.cfg``).
+
+Shapes: x (B, ...), t () or (B,), cond None or a pytree with leading dimension B; the output has
+x's shape.  The scale is traced ((), or (B,) per example) and, like CFG, guidance applies only for
+t in (t_lo, t_hi] (Kynkäänniemi et al. 2024); elsewhere the good model is used.  The two models
+are separate networks, so each call costs one evaluation of each.
+
+Registered as ``autoguidance``: ``config.guidance.bad_workdir`` names the trained bad model's
+workdir and ``bad_step`` its checkpoint (-1: the latest).  Its network, schedule and
+parameterization come from that workdir's ``config.json`` (written by the train job), the rest
+(the EMA chosen by ``sample.ema_index`` included) from the run's config; the bad model must use
+the run's dataset and noise schedule.  The paper also guides unconditional models; the registered
+builder refuses them (the sample protocol records unconditional runs as unguided), the Python
+transform takes ``cond=None``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.cond import check_cond_batch
+from jaxdiff.denoiser import DenoiserBase, batch_times
+from jaxdiff.errors import ConfigError
+from jaxdiff.guidance.base import Guided, register_guidance
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoguidance(Guided):
+    """Guides ``inner`` (the good model) away from a bad version of itself.
+
+    Args:
+      inner: the good Denoiser D_good.
+      bad: the bad Denoiser D_bad, same schedule and condition format (its parameters traced).
+      scale: () or (B,) guidance scale s (traced); 1 is the good model.
+      t_lo, t_hi: guidance interval in t (traced); outside it the good model is used.
+    """
+
+    inner: DenoiserBase
+    bad: DenoiserBase
+    scale: Any = 2.0
+    t_lo: Any = 0.0
+    t_hi: Any = 1.0
+
+    def x0(self, x, t, cond=None):
+        if self.bad.schedule != self.inner.schedule:
+            raise ValueError(f"Autoguidance: the bad model's schedule {self.bad.schedule!r} "
+                             f"differs from the good model's {self.inner.schedule!r}")
+        b = x.shape[0]
+        check_cond_batch(cond, b)
+        t = batch_times(t, x)
+        good = self.inner(x, t, cond)
+        bad = self.bad(x, t, cond)
+        inside = (t > self.t_lo) & (t <= self.t_hi)
+        s = jnp.where(inside, jnp.broadcast_to(jnp.asarray(self.scale, jnp.float32), (b,)), 1.0)
+        s = s.reshape((-1,) + (1,) * (x.ndim - 1))
+        return good + (s - 1.0) * (good - bad)
+
+
+jax.tree_util.register_dataclass(
+    Autoguidance, data_fields=["inner", "bad", "scale", "t_lo", "t_hi"], meta_fields=[])
+
+
+# ------------------------------------------------------------------------------------------------
+# registration: the bad model from a trained workdir
+# ------------------------------------------------------------------------------------------------
+
+def _defaults():
+    import ml_collections
+
+    return ml_collections.ConfigDict(dict(scale=2.0, t_lo=0.0, t_hi=1.0, bad_workdir="",
+                                          bad_step=-1))
+
+
+def _check(section) -> None:
+    from jaxdiff.config import number
+
+    number(section.get("scale"), "guidance.scale")
+    number(section.get("t_lo"), "guidance.t_lo", low=0.0, high=1.0)
+    number(section.get("t_hi"), "guidance.t_hi", low=0.0, high=1.0)
+    if section.get("t_lo") >= section.get("t_hi"):
+        raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
+                          f"({section.get('t_lo')}, {section.get('t_hi')})")
+    if not isinstance(section.get("bad_workdir"), str):
+        raise ConfigError(f"config.guidance.bad_workdir: must be a path, got "
+                          f"{section.get('bad_workdir')!r}")
+    number(section.get("bad_step"), "guidance.bad_step", low=-1, integer=True)
+
+
+def bad_model_config(run_config, bad_workdir: str):
+    """The run's config with the network, diffusion and EMA sections of the bad model's own
+    ``config.json`` (when the workdir has one); the dataset must be the run's."""
+    import ml_collections
+
+    path = os.path.join(bad_workdir, "config.json")
+    config = ml_collections.ConfigDict(run_config.to_dict())
+    if not os.path.isfile(path):
+        return config
+    with open(path) as f:
+        saved = json.load(f)
+    from jaxdiff.data import dataset_name
+
+    theirs = dataset_name(ml_collections.ConfigDict(saved["data"]))
+    ours = dataset_name(run_config.data)
+    if theirs != ours:
+        raise ConfigError(f"config.guidance.bad_workdir: the bad model in {bad_workdir} was "
+                          f"trained on {theirs!r}, this run samples {ours!r}")
+    config.model = ml_collections.ConfigDict(saved["model"])
+    config.diffusion = ml_collections.ConfigDict(saved["diffusion"])
+    config.train.ema_decays = tuple(saved["train"]["ema_decays"])
+    return config
+
+
+def load_bad_denoiser(section, spec) -> DenoiserBase:
+    """The bad model named by ``section`` (bad_workdir, bad_step).
+
+    A spec with a ``load_denoiser(workdir, step)`` method (a host program holding its models in
+    memory, or a test) supplies it; otherwise it is restored from the workdir's checkpoint
+    (``model`` item only) through ``jaxdiff.jobs.spec.load_denoiser``.
+    """
+    step = int(section.bad_step)
+    step = None if step < 0 else step
+    loader = getattr(spec, "load_denoiser", None)
+    if callable(loader):
+        return loader(section.bad_workdir, step)
+    if not section.bad_workdir:
+        raise ConfigError("config.guidance.bad_workdir: autoguidance needs the workdir of the "
+                          "bad model (a smaller or shorter-trained model of the same data)")
+    from jaxdiff.jobs.spec import checkpoint_dir, load_denoiser
+
+    checkpoint_dir(section.bad_workdir)  # a wrong path fails before any data is read
+    den, _ = load_denoiser(bad_model_config(spec.config, section.bad_workdir),
+                           section.bad_workdir, step)
+    return den
+
+
+@register_guidance("autoguidance", defaults=_defaults, check=_check,
+                   evals_per_call=lambda section: 2)
+def build_autoguidance(inner, section, spec):
+    """Autoguidance of ``inner`` by the bad model of ``section``."""
+    if spec.num_classes == 0:
+        # The sample protocol records unconditional runs as unguided; refuse rather than write
+        # guided samples under a manifest that says otherwise.
+        raise ConfigError("config.guidance.name: 'autoguidance' is registered for class-"
+                          "conditional runs; guide an unconditional model from Python with "
+                          "jaxdiff.guidance.Autoguidance")
+    bad = load_bad_denoiser(section, spec)
+    if bad.schedule != inner.schedule:
+        raise ConfigError(f"config.guidance.bad_workdir: the bad model's schedule "
+                          f"{bad.schedule!r} differs from the run's {inner.schedule!r}")
+    return Autoguidance(inner, bad, scale=float(section.scale), t_lo=float(section.t_lo),
+                        t_hi=float(section.t_hi))
