@@ -31,10 +31,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.cond import check_cond_batch, null_like
+from jaxdiff.cond import check_cond_batch
 from jaxdiff.denoiser import DenoiserBase, batch_times
-from jaxdiff.errors import ConfigError
-from jaxdiff.guidance.base import Guided, register_guidance
+from jaxdiff.guidance.base import (Guided, check_scale_and_interval,
+                                   conditional_and_unconditional, interval_scale,
+                                   register_guidance)
 
 Array = jax.Array
 
@@ -75,13 +76,9 @@ class APG(Guided):
     def x0(self, x, t, cond=None):
         if cond is None:
             raise ValueError("APG needs a condition: cond is None")
-        b = x.shape[0]
-        check_cond_batch(cond, b)
+        check_cond_batch(cond, x.shape[0])
         t = batch_times(t, x)
-        both = jax.tree_util.tree_map(lambda c, n: jnp.concatenate([c, n]), cond,
-                                      null_like(cond, self.null))
-        out = self.inner(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
-        c, u = out[:b], out[b:]
+        c, u = conditional_and_unconditional(self.inner, x, t, cond, self.null)
         axes = tuple(range(1, x.ndim))
         diff = c - u
         r = jnp.asarray(self.norm_threshold, jnp.float32)
@@ -90,9 +87,7 @@ class APG(Guided):
         diff = diff * shrink
         par, orth = project(diff, c)
         update = orth + jnp.asarray(self.eta, jnp.float32) * par
-        inside = (t > self.t_lo) & (t <= self.t_hi)
-        s = jnp.where(inside, jnp.broadcast_to(jnp.asarray(self.scale, jnp.float32), (b,)), 1.0)
-        s = s.reshape((-1,) + (1,) * (x.ndim - 1))
+        s = interval_scale(self.scale, t, self.t_lo, self.t_hi, x)
         return c + (s - 1.0) * update
 
 
@@ -111,14 +106,9 @@ def _defaults():
 def _check(section) -> None:
     from jaxdiff.config import number
 
-    number(section.get("scale"), "guidance.scale")
+    check_scale_and_interval(section)
     number(section.get("eta"), "guidance.eta")
     number(section.get("norm_threshold"), "guidance.norm_threshold", low=0.0)
-    number(section.get("t_lo"), "guidance.t_lo", low=0.0, high=1.0)
-    number(section.get("t_hi"), "guidance.t_hi", low=0.0, high=1.0)
-    if section.get("t_lo") >= section.get("t_hi"):
-        raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
-                          f"({section.get('t_lo')}, {section.get('t_hi')})")
 
 
 @register_guidance("apg", defaults=_defaults, check=_check,

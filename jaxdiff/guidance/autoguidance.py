@@ -35,12 +35,12 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxdiff.cond import check_cond_batch
 from jaxdiff.denoiser import DenoiserBase, batch_times
 from jaxdiff.errors import ConfigError
-from jaxdiff.guidance.base import Guided, register_guidance
+from jaxdiff.guidance.base import (Guided, check_scale_and_interval, interval_scale,
+                                   register_guidance)
 
 Array = jax.Array
 
@@ -66,14 +66,11 @@ class Autoguidance(Guided):
         if self.bad.schedule != self.inner.schedule:
             raise ValueError(f"Autoguidance: the bad model's schedule {self.bad.schedule!r} "
                              f"differs from the good model's {self.inner.schedule!r}")
-        b = x.shape[0]
-        check_cond_batch(cond, b)
+        check_cond_batch(cond, x.shape[0])
         t = batch_times(t, x)
         good = self.inner(x, t, cond)
         bad = self.bad(x, t, cond)
-        inside = (t > self.t_lo) & (t <= self.t_hi)
-        s = jnp.where(inside, jnp.broadcast_to(jnp.asarray(self.scale, jnp.float32), (b,)), 1.0)
-        s = s.reshape((-1,) + (1,) * (x.ndim - 1))
+        s = interval_scale(self.scale, t, self.t_lo, self.t_hi, x)
         return good + (s - 1.0) * (good - bad)
 
 
@@ -95,12 +92,7 @@ def _defaults():
 def _check(section) -> None:
     from jaxdiff.config import number
 
-    number(section.get("scale"), "guidance.scale")
-    number(section.get("t_lo"), "guidance.t_lo", low=0.0, high=1.0)
-    number(section.get("t_hi"), "guidance.t_hi", low=0.0, high=1.0)
-    if section.get("t_lo") >= section.get("t_hi"):
-        raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
-                          f"({section.get('t_lo')}, {section.get('t_hi')})")
+    check_scale_and_interval(section)
     if not isinstance(section.get("bad_workdir"), str):
         raise ConfigError(f"config.guidance.bad_workdir: must be a path, got "
                           f"{section.get('bad_workdir')!r}")

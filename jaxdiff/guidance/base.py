@@ -24,7 +24,9 @@ from typing import Callable
 
 import ml_collections
 
+from jaxdiff.cond import null_like
 from jaxdiff.denoiser import DenoiserBase
+from jaxdiff.errors import ConfigError
 from jaxdiff.registry import Registry
 
 GUIDANCE = Registry("guidance")
@@ -38,6 +40,42 @@ class Guided(DenoiserBase):
     @property
     def schedule(self):
         return self.inner.schedule
+
+
+def interval_scale(scale, t, t_lo, t_hi, x):
+    """The per-example guidance scale, shaped to broadcast against ``x`` (B, 1, ..., 1):
+    ``scale`` (() or (B,)) for t in (t_lo, t_hi] (Kynkaanniemi et al. 2024, "Applying guidance
+    in a limited interval"), 1 (the guided-towards model alone) elsewhere.  ``t``: (B,)."""
+    import jax.numpy as jnp
+
+    inside = (t > t_lo) & (t <= t_hi)
+    s = jnp.where(inside, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), t.shape), 1.0)
+    return s.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def conditional_and_unconditional(inner: DenoiserBase, x, t, cond, null):
+    """(conditional, unconditional) predictions of ``inner`` at (x, t), both branches in ONE
+    batched call of batch 2B; ``null`` is the null condition (a class token or a pytree)."""
+    import jax
+    import jax.numpy as jnp
+
+    b = x.shape[0]
+    both = jax.tree_util.tree_map(lambda c, n: jnp.concatenate([c, n]), cond,
+                                  null_like(cond, null))
+    out = inner(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
+    return out[:b], out[b:]
+
+
+def check_scale_and_interval(section) -> None:
+    """The ``scale``, ``t_lo`` and ``t_hi`` fields every interval-guided transform has."""
+    from jaxdiff.config import number
+
+    number(section.get("scale"), "guidance.scale")
+    number(section.get("t_lo"), "guidance.t_lo", low=0.0, high=1.0)
+    number(section.get("t_hi"), "guidance.t_hi", low=0.0, high=1.0)
+    if section.get("t_lo") >= section.get("t_hi"):
+        raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
+                          f"({section.get('t_lo')}, {section.get('t_hi')})")
 
 
 def register_guidance(name: str, *, defaults: Callable | None = None,

@@ -20,19 +20,14 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from jaxdiff.cond import check_cond_batch, null_like
+from jaxdiff.cond import check_cond_batch
 from jaxdiff.denoiser import DenoiserBase, batch_times
-from jaxdiff.errors import ConfigError
-from jaxdiff.guidance.base import Guided, register_guidance
+from jaxdiff.guidance.base import (Guided, check_scale_and_interval,
+                                   conditional_and_unconditional, interval_scale,
+                                   register_guidance)
 
 Array = jax.Array
-
-
-def _per_example(v: Array, x: Array) -> Array:
-    v = jnp.broadcast_to(jnp.asarray(v, jnp.float32), (x.shape[0],))
-    return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,18 +51,11 @@ class CFG(Guided):
     def x0(self, x, t, cond=None):
         if cond is None:
             raise ValueError("CFG needs a condition: cond is None")
-        b = x.shape[0]
-        check_cond_batch(cond, b)
+        check_cond_batch(cond, x.shape[0])
         t = batch_times(t, x)
-        both = jax.tree_util.tree_map(lambda c, n: jnp.concatenate([c, n]), cond,
-                                      null_like(cond, self.null))
-        out = self.inner(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
-        c, u = out[:b], out[b:]
-        inside = (t > self.t_lo) & (t <= self.t_hi)
-        s = jnp.where(inside, jnp.broadcast_to(jnp.asarray(self.scale, jnp.float32), (b,)), 1.0)
-        s = _per_example(s, x)
+        c, u = conditional_and_unconditional(self.inner, x, t, cond, self.null)
+        s = interval_scale(self.scale, t, self.t_lo, self.t_hi, x)
         return (1.0 - s) * u + s * c
-
 
 
 jax.tree_util.register_dataclass(
@@ -80,21 +68,7 @@ def _cfg_defaults():
     return ml_collections.ConfigDict(dict(scale=2.0, t_lo=0.0, t_hi=1.0))
 
 
-def _check_cfg(section) -> None:
-    import math
-
-    for field, low, high in (("scale", None, None), ("t_lo", 0.0, 1.0), ("t_hi", 0.0, 1.0)):
-        v = section[field]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"config.guidance.{field}: must be a number, got {v!r}")
-        if low is not None and not low <= v <= high:
-            raise ConfigError(f"config.guidance.{field}: must be in [{low}, {high}], got {v!r}")
-    if section.t_lo >= section.t_hi:
-        raise ConfigError(f"config.guidance.t_lo: guidance interval needs t_lo < t_hi, got "
-                          f"({section.t_lo}, {section.t_hi})")
-
-
-@register_guidance("cfg", defaults=_cfg_defaults, check=_check_cfg,
+@register_guidance("cfg", defaults=_cfg_defaults, check=check_scale_and_interval,
                    evals_per_call=lambda section: 2 if float(section.scale) != 1.0 else 1)
 def build_cfg(inner, section, spec):
     """CFG with the section's scale and interval around a class-conditional model; an
