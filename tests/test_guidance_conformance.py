@@ -32,6 +32,7 @@ class _Spec:
     of loading a checkpoint."""
 
     num_classes: int = MIX.num_classes
+    example_shape: tuple = (MIX.dim,)
 
     @property
     def null(self):

@@ -10,7 +10,8 @@ from jaxdiff.guidance.autoguidance import Autoguidance
 from jaxdiff.guidance.cfg import CFG
 from jaxdiff.guidance.classifier import ClassifierGuidance
 from jaxdiff.guidance.elucd import EluCD
+from jaxdiff.guidance.steered import Steered
 
 __all__ = ["APG", "Autoguidance", "CFG", "ClassifierGuidance", "EluCD", "GUIDANCE", "Guided",
-           "build_guidance", "check_guidance", "evals_per_call", "guidance_config", "null_like",
+           "Steered", "build_guidance", "check_guidance", "evals_per_call", "guidance_config", "null_like",
            "register_guidance"]

@@ -27,6 +27,20 @@ Randomness per example is ``fold_in(key, global_index)``: example j's initial no
 A full solve has step_offset = 0; a continued segment takes its step_offset from the carry (the
 steps solved before it), so a split solve draws exactly the noise of the joined one, and a sample
 depends on its index alone, never on the batch it was drawn in.
+
+Resampling.  ``sample(..., resample=N)`` repeats every step N times (Lugmayr et al. 2022,
+RePaint; Nair et al. 2023, Steered Diffusion's loop): step i from sigma_i to sigma_{i+1}, then,
+N - 1 times, re-noise the result back to sigma_i with the forward process and take the step
+again.  In the scaled coordinates the forward kernel from sigma_{i+1} to sigma_i is
+
+    y_i = y_{i+1} + sqrt(sigma_i^2 - sigma_{i+1}^2) z,     z ~ N(0, I),
+
+so the re-noised state has the marginal of level i exactly.  It is handled here, once, for every
+sampler that carries nothing across steps (``solve`` is None: ddim, ddpm, euler, heun): each step
+is that sampler's own ``run`` on the one-step grid [t_i, t_{i+1}].  Pass 0 of step i draws the
+step's usual noise; the re-noise after pass r and the step noise of pass r >= 1 come from
+fold_in(fold_in(k_j, step_offset + i + 1), 2r + 1) and (.., 2r).  N = 1 is the plain solve
+itself (the same program); NFE is N times the sum over the one-step grids.
 """
 from __future__ import annotations
 
@@ -218,8 +232,13 @@ def get_sampler(name: str) -> SamplerSpec:
 
 def check_options(name: str, options: Mapping[str, Any]) -> None:
     """Raises a one-line ValueError for an option ``name`` does not take or a bad value of one
-    it takes (``SamplerSpec.resolve_options``); traced values are not checked."""
-    get_sampler(name).resolve_options(dict(options))
+    it takes (``SamplerSpec.resolve_options``); traced values are not checked.  The driver
+    option ``resample`` (every sampler's; see ``sample``) is checked by ``check_resample``."""
+    options = dict(options)
+    spec = get_sampler(name)
+    if "resample" in options:
+        check_resample(spec, options.pop("resample"))
+    spec.resolve_options(options)
 
 
 def nfe_of(name: str, steps: int) -> int:
@@ -285,13 +304,75 @@ class SampleOutput:
         return self.x
 
 
+def check_resample(spec: SamplerSpec, resample: Any) -> int:
+    """``resample`` as an int >= 1; N > 1 needs a sampler that carries nothing across steps.
+    Raises a one-line ValueError."""
+    if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) \
+            or resample < 1:
+        raise ValueError(f"resample must be an integer >= 1 (the passes per step), got "
+                         f"{resample!r}")
+    if resample > 1 and spec.solve is not None:
+        ok = sorted(k for k in SAMPLERS if SAMPLERS[k].solve is None)
+        raise ValueError(f"resample > 1 repeats single steps; sampler {spec.name!r} carries "
+                         f"information across steps (choose one of {ok})")
+    return int(resample)
+
+
+def resampled_nfe(spec: SamplerSpec, steps: int, clean_end: bool, resample: int) -> int:
+    """Denoiser evaluations per sample of a solve with ``resample`` passes per step: N times the
+    evaluations of the one-step grids the solve is made of."""
+    noisy = spec.count_nfe(1, clean_end=False)
+    once = (steps - 1) * noisy + spec.count_nfe(1, clean_end=True) if clean_end \
+        else steps * noisy
+    return int(resample) * int(once)
+
+
+def _step_grid(grid: Grid, i, clean_end: bool) -> Grid:
+    """The one-step grid [t_i, t_{i+1}] of ``grid`` (i may be traced)."""
+    cut = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=i, slice_size=2)
+    return Grid(cut(grid.t), cut(grid.alpha), cut(grid.sigma_ve), clean_end=clean_end)
+
+
+def _resampled_solve(spec: SamplerSpec, ctx: SamplerContext, y: Array, keys: Array,
+                     example_shape: tuple[int, ...], resample: int) -> Array:
+    """The solve of ``ctx.grid`` with every step taken ``resample`` times, re-noising back to
+    the step's start in between (see the module docstring).  y: (B, ...) scaled state at grid
+    point 0 -> (B, ...) at the last point."""
+    g = ctx.grid
+
+    def one_step(i, y, clean_end):
+        sub = _step_grid(g, i, clean_end)
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, ctx.step_offset + i + 1))(keys)
+
+        def take(y, noise):
+            sub_ctx = dataclasses.replace(ctx, grid=sub, noise=lambda j: noise(),
+                                          history=None, step_offset=ctx.step_offset + i)
+            return spec.run(sub_ctx, y)
+
+        def again(r, y_next):
+            z = normal_per_example(step_keys, 2 * r - 1, example_shape)
+            y_back = y_next + jnp.sqrt(jnp.maximum(sub.sigma_ve[0] ** 2 - sub.sigma_ve[1] ** 2,
+                                                   0.0)) * z
+            return take(y_back, lambda: normal_per_example(step_keys, 2 * r, example_shape))
+
+        y_next = take(y, lambda: ctx.noise(i))
+        return jax.lax.fori_loop(1, resample, again, y_next)
+
+    steps = g.steps
+    noisy_steps = steps - 1 if g.clean_end else steps
+    y, _ = jax.lax.scan(lambda y, i: (one_step(i, y, False), None), y, jnp.arange(noisy_steps))
+    if g.clean_end:
+        y = one_step(steps - 1, y, True)
+    return y
+
+
 _TRACES = [0]  # programs traced by the sampling driver (see compile_count)
 
 
 def _run(name: str, static_options: tuple, traced_options: dict, denoiser: DenoiserBase,
          key: Array, indices: Array, grid: Grid, cond: Any, shape: tuple[int, ...],
          x_start: Array | None, carry: SolverCarry | None, step_offset: Array,
-         total_steps: Array) -> tuple[Array, SolverCarry | None]:
+         total_steps: Array, resample: int = 1) -> tuple[Array, SolverCarry | None]:
     _TRACES[0] += 1  # runs once per trace, i.e. once per new program
     spec = SAMPLERS[name]
     keys = example_keys(key, indices)
@@ -314,7 +395,9 @@ def _run(name: str, static_options: tuple, traced_options: dict, denoiser: Denoi
     options.update(traced_options)
     ctx = SamplerContext(denoise, grid, noise, denoiser.schedule, options, history,
                          total_steps, step_offset)
-    if spec.solve is None:
+    if resample > 1:
+        y, history = _resampled_solve(spec, ctx, y, keys, shape[1:], resample), ()
+    elif spec.solve is None:
         y, history = spec.run(ctx, y), ()
     else:
         y, history = spec.solve(ctx, y)
@@ -324,7 +407,7 @@ def _run(name: str, static_options: tuple, traced_options: dict, denoiser: Denoi
                                            shape)
 
 
-_run_jit = jax.jit(_run, static_argnames=("name", "static_options", "shape"))
+_run_jit = jax.jit(_run, static_argnames=("name", "static_options", "shape", "resample"))
 
 
 def compile_count() -> int:
@@ -366,7 +449,7 @@ def sample(denoiser: DenoiserBase, key: Array, shape: tuple[int, ...], *,
            t_start: float | None = None, t_end: float | None = None,
            x_start: Array | None = None, carry: SolverCarry | None = None,
            step_offset: int | Array | None = None, total_steps: int | Array | None = None,
-           **options) -> SampleOutput:
+           resample: int = 1, **options) -> SampleOutput:
     """Integrates the probability-flow ODE / SDE with a registered sampler, from the grid's
     first time to its last: from noise to data (a full solve), or between any two times.
 
@@ -397,6 +480,10 @@ def sample(denoiser: DenoiserBase, key: Array, shape: tuple[int, ...], *,
       total_steps: steps of the whole solve, for samplers whose rule uses the total (heun_sde's
         gamma = s_churn / N); default step_offset + steps.  Give it to the first segment of a
         split stochastic solve.
+      resample: N >= 1 passes per step: after each pass but the last the state is re-noised back
+        to the step's start and the step is taken again (RePaint / Steered Diffusion's loop;
+        module docstring).  1: the plain solve.  N > 1 needs a sampler without carried
+        history (ddim, ddpm, euler, heun); NFE is N times the plain count.  Static.
       **options: sampler options, e.g. eta for DDIM, s_churn for stochastic Heun.  Numeric ones
         are traced: changing their values does not recompile.
 
@@ -444,9 +531,14 @@ def sample(denoiser: DenoiserBase, key: Array, shape: tuple[int, ...], *,
                              f"{int(off) + g.steps}, got {total_steps!r}")
         step_offset = jnp.asarray(step_offset, jnp.int32)
         total_steps = jnp.asarray(total_steps, jnp.int32)
+    resample = check_resample(spec, resample)
     opts = spec.resolve_options(options)
     traced = {k: jnp.asarray(opts.pop(k), jnp.float32) for k in spec.traced_options}
     x, carry_out = _run_jit(spec.name, tuple(sorted(opts.items())), traced, denoiser, key,
-                            indices, g, cond, shape, x_start, carry, step_offset, total_steps)
-    nfe = spec.count_nfe(g.steps, clean_end=g.clean_end, resumed=carry is not None)
+                            indices, g, cond, shape, x_start, carry, step_offset, total_steps,
+                            resample)
+    if resample == 1:
+        nfe = spec.count_nfe(g.steps, clean_end=g.clean_end, resumed=carry is not None)
+    else:
+        nfe = resampled_nfe(spec, g.steps, g.clean_end, resample)
     return SampleOutput(x=x, nfe=nfe, clean_end=g.clean_end, carry=carry_out)

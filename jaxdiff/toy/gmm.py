@@ -12,6 +12,9 @@ c_k in {0, ..., C-1}.  Under any forward process x_t = alpha x0 + sigma eps ever
 Class-conditional quantities restrict the sums to the components of class c.  A reward tilt
 p0(x) exp(lambda r(x)) with r(x) = -||x - a||^2 / (2 tau^2) is again a Gaussian mixture (see
 ``GMM.tilt``), which gives exact targets for search, tree sampling and fine-tuning tests.
+A linear Gaussian observation y = A x0 + n, n ~ N(0, s_y^2 I), gives an exact posterior
+p(x0 | y) that is again a mixture, but with full covariances (``GMM.condition_on`` returns a
+``FullGMM``): the exact target for inpainting, super-resolution and steering tests.
 
 The oracle is a pytree (means, stds, log-weights are leaves; component classes are leaves too,
 the number of classes is static), and ``oracle_denoiser`` wraps it as a ``Denoiser`` with the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import jax
+import jax.scipy.linalg  # noqa: F401  (FullGMM: triangular solves)
 import jax.numpy as jnp
 import numpy as np
 
@@ -152,9 +156,119 @@ class GMM:
         return GMM(means=means, stds=jnp.sqrt(1.0 / prec), log_weights=logw,
                    classes=self.classes, num_classes=self.num_classes)
 
+    # --- linear-observation posterior ------------------------------------------------------
+    def to_full(self) -> "FullGMM":
+        """The same mixture with its covariances written out: s_k^2 I, shape (K, d, d)."""
+        eye = jnp.eye(self.dim, dtype=jnp.float32)
+        return FullGMM(means=self.means, covs=self.stds[:, None, None] ** 2 * eye[None],
+                       log_weights=self.log_weights)
+
+    def condition_on(self, A, y, noise_std) -> "FullGMM":
+        """The exact posterior p(x0 | y) for y = A x0 + n, n ~ N(0, noise_std^2 I).
+
+        A: (m, d); y: (m,); noise_std >= 0 (0 needs A of full row rank).  Under a general A the
+        posterior components are not isotropic (observing one coordinate shrinks only that
+        coordinate's variance), which ``GMM`` cannot hold, so a ``FullGMM`` is returned; see
+        ``FullGMM.condition_on`` for the formulas.
+        """
+        return self.to_full().condition_on(A, y, noise_std)
+
 
 jax.tree_util.register_dataclass(
     GMM, data_fields=["means", "stds", "log_weights", "classes"], meta_fields=["num_classes"])
+
+
+@dataclasses.dataclass(frozen=True)
+class FullGMM:
+    """A Gaussian mixture with full covariances, sum_k pi_k N(mu_k, S_k), on clean data only
+    (what a linear-observation posterior of a ``GMM`` is).
+
+    Fields:
+      means:       (K, d) component means mu_k.
+      covs:        (K, d, d) symmetric positive definite covariances S_k.
+      log_weights: (K,) log pi_k (normalised).
+    """
+
+    means: Array
+    covs: Array
+    log_weights: Array
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[-1])
+
+    def log_prob(self, x: Array) -> Array:
+        """(B,) log p(x) for x (B, d)."""
+        prec = jnp.linalg.inv(self.covs)                                         # (K, d, d)
+        _, logdet = jnp.linalg.slogdet(self.covs)                                # (K,)
+        diff = x[:, None, :] - self.means[None]                                  # (B, K, d)
+        maha = jnp.einsum("bki,kij,bkj->bk", diff, prec, diff)
+        lj = (self.log_weights[None] - 0.5 * maha - 0.5 * logdet[None]
+              - 0.5 * self.dim * jnp.log(2 * jnp.pi))
+        return jax.nn.logsumexp(lj, axis=-1)
+
+    def sample(self, key: Array, n: int) -> Array:
+        """(n, d) exact samples: a component k ~ pi, then mu_k + L_k z with L_k L_k^T = S_k."""
+        k_comp, k_z = jax.random.split(key)
+        comp = jax.random.categorical(k_comp, jnp.broadcast_to(self.log_weights, (n,) +
+                                                               self.log_weights.shape))
+        chol = jnp.linalg.cholesky(self.covs)
+        z = jax.random.normal(k_z, (n, self.dim))
+        return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
+
+    def mean(self) -> Array:
+        """(d,) E[x] = sum_k pi_k mu_k."""
+        return jnp.sum(jnp.exp(self.log_weights)[:, None] * self.means, 0)
+
+    def covariance(self) -> Array:
+        """(d, d) Cov[x] = sum_k pi_k (S_k + mu_k mu_k^T) - E[x] E[x]^T."""
+        w = jnp.exp(self.log_weights)
+        m = self.mean()
+        second = jnp.sum(w[:, None, None] * (self.covs + self.means[:, :, None]
+                                              * self.means[:, None, :]), 0)
+        return second - m[:, None] * m[None, :]
+
+    def condition_on(self, A, y, noise_std) -> "FullGMM":
+        """The exact posterior p(x | y) for y = A x + n, n ~ N(0, s_y^2 I), s_y = noise_std.
+
+        Per component (the Gaussian conditioning formulas, e.g. Bishop 2006, Eqs. 2.113-2.117):
+            C_k   = A S_k A^T + s_y^2 I                 (m, m)  the evidence covariance
+            G_k   = S_k A^T C_k^{-1}                    (d, m)  the gain
+            mu_k' = mu_k + G_k (y - A mu_k),    S_k' = S_k - G_k A S_k
+            pi_k' ∝ pi_k N(y; A mu_k, C_k)              (the component's evidence)
+        A: (m, d); y: (m,); noise_std >= 0 (0 needs C_k invertible, i.e. A of full row rank).
+        """
+        A = jnp.asarray(A, jnp.float32)
+        y = jnp.asarray(y, jnp.float32)
+        if A.ndim != 2 or A.shape[1] != self.dim:
+            raise ValueError(f"condition_on: A must have shape (m, {self.dim}), got {A.shape}")
+        if y.shape != (A.shape[0],):
+            raise ValueError(f"condition_on: y must have shape ({A.shape[0]},) for A of shape "
+                             f"{A.shape}, got {y.shape}")
+        s_y = float(noise_std)
+        if not s_y >= 0:
+            raise ValueError(f"condition_on: noise_std must be >= 0, got {noise_std!r}")
+        m = A.shape[0]
+        sa = jnp.einsum("kij,mj->kim", self.covs, A)                             # S_k A^T
+        c = jnp.einsum("mi,kin->kmn", A, sa) + s_y**2 * jnp.eye(m)[None]         # (K, m, m)
+        c = 0.5 * (c + jnp.swapaxes(c, -1, -2))
+        resid = y[None] - self.means @ A.T                                       # (K, m)
+        c_chol = jnp.linalg.cholesky(c)
+        # G_k^T = C_k^{-1} A S_k  (C_k, S_k symmetric)
+        gain_t = jax.scipy.linalg.cho_solve((c_chol, True), jnp.swapaxes(sa, -1, -2))
+        gain = jnp.swapaxes(gain_t, -1, -2)                                      # (K, d, m)
+        means = self.means + jnp.einsum("kdm,km->kd", gain, resid)
+        covs = self.covs - jnp.einsum("kdm,kme->kde", gain, jnp.swapaxes(sa, -1, -2))
+        covs = 0.5 * (covs + jnp.swapaxes(covs, -1, -2))
+        sol = jax.scipy.linalg.solve_triangular(c_chol, resid[..., None], lower=True)[..., 0]
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(c_chol, axis1=-2, axis2=-1)), -1)
+        logw = (self.log_weights - 0.5 * jnp.sum(sol**2, -1) - 0.5 * logdet
+                - 0.5 * m * jnp.log(2 * jnp.pi))
+        return FullGMM(means=means, covs=covs, log_weights=logw - jax.nn.logsumexp(logw))
+
+
+jax.tree_util.register_dataclass(
+    FullGMM, data_fields=["means", "covs", "log_weights"], meta_fields=[])
 
 
 def make_gmm(means, stds, weights=None, classes=None, num_classes: int | None = None) -> GMM:
