@@ -282,14 +282,35 @@ def _hashes(path) -> dict:
 # ---- running the table -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny trained run (checkpoints 2, 4, 6) with its 20 samples in two shards."""
+def trained_run(tmp_path_factory):
+    """One tiny CLI run, train then sample (compile log on): checkpoints 2, 4, 6 and 20
+    samples in two shards."""
     workdir = tmp_path_factory.mktemp("faults_trained") / "run"
     proc = cli([f"--workdir={workdir}", *BASE, "--mode=train,sample"],
-               cli_env(tmp_path_factory))
+               cli_env(tmp_path_factory, JAX_LOG_COMPILES="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, workdir
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    return trained_run[1]
+
+
+def test_cli_run_writes_checkpoints_summary_grid_samples_and_logs_its_compiles(trained_run):
+    proc, workdir = trained_run
+    # The compile log that the one-line checks rely on is really on stderr in this setup.
+    assert re.search(r"Compiling jit\(train_step\)|Finished .* train_step", proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert os.path.getsize(workdir / "samples" / "final.png") > 0
+    summary = json.loads((workdir / "train_summary.json").read_text())
+    assert summary["step"] == 6 and summary["stopped"] == "finished"
+    assert summary["sample_grid"] == str(workdir / "samples" / "final.png")
+    assert summary["processes"] == 1 and summary["devices"] == 1
+    assert summary["skipped_nonfinite_steps"] == 0
     assert _steps(workdir) == [2, 4, 6] and len(_shards(workdir)) == 2
-    return workdir
+    assert "step 6/6" in proc.stdout and "sampling from checkpoint step 6" in proc.stdout
+    assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 6
 
 
 @pytest.fixture(scope="module")
