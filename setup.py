@@ -7,6 +7,9 @@ setup(
     description="Conditional diffusion models in JAX/Flax NNX: schedules, denoisers, samplers, "
     "guidance, training and evaluation.",
     packages=find_packages(include=["jaxdiff", "jaxdiff.*", "repro", "repro.*"]),
+    # the pinned feature networks: parameters (.npz) and their checksummed manifests
+    package_data={"jaxdiff": ["assets/feature_networks/*/*.npz",
+                              "assets/feature_networks/*/*.json"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10",

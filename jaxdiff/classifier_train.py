@@ -19,8 +19,10 @@ values depend on the backend, the trained result is pinned by its checksum).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,7 @@ import optax
 from flax import nnx
 
 from jaxdiff.data import BatchSampler, dataset_name, get_source
+from jaxdiff.errors import IncompatibleCheckpointError, MissingInputError
 from jaxdiff.jsonio import write_json
 from jaxdiff.metrics.features import FeatureNetwork, sha256_file
 from jaxdiff.models.classifier import build_classifier, default_classifier_config
@@ -168,9 +171,24 @@ def train_classifier(data_cfg: ml_collections.ConfigDict, workdir: str, steps: i
         heldout_accuracy=_accuracy(feature_net, heldout_src),
         training=dict(steps=steps, batch_size=batch_size, seed=seed, lr=lr,
                       weight_decay=weight_decay, shift=shift),
-        architecture=json.loads(arch.to_json()), params_file=PARAMS_FILE, sha256=checksum)
+        architecture=json.loads(arch.to_json()), params_file=PARAMS_FILE, sha256=checksum,
+        trained_with=_environment())
     write_json(os.path.join(workdir, MANIFEST_FILE), manifest)
     return manifest
+
+
+def _environment() -> dict:
+    """The library versions and backend a network was trained with: retraining with the same
+    ones on the same kind of CPU reproduces its bytes."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return dict(versions, backend=jax.default_backend(), machine=platform.machine())
 
 
 def read_manifest(path: str) -> tuple[dict, str]:
@@ -229,20 +247,60 @@ def load_feature_network(path: str, batch_size: int = 500) -> FeatureNetwork:
 # the dataset's own feature network, as the evaluation and classification jobs use it
 # ------------------------------------------------------------------------------------------------
 
+FEATURE_NETWORK_CHOICES = ("auto", "pinned", "trained")
+
+
+def pinned_feature_network_dir(dataset: str) -> str | None:
+    """The directory of the feature network shipped inside the package for ``dataset``
+    (``jaxdiff/assets/feature_networks/<dataset>``), or None when the package ships none."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+                        "feature_networks", dataset.replace("/", "_"))
+    return path if os.path.isfile(os.path.join(path, MANIFEST_FILE)) else None
+
+
+def uses_pinned_network(config) -> bool:
+    """Whether the evaluation of ``config`` uses the pinned (shipped) feature network:
+    ``eval.feature_network`` 'pinned', or 'auto' with no ``eval.feature_network_dir`` for a
+    dataset the package ships a network for."""
+    e = config.eval
+    if e.feature_network == "pinned":
+        return True
+    return (e.feature_network == "auto" and not e.feature_network_dir
+            and pinned_feature_network_dir(dataset_name(config.data)) is not None)
+
+
+def _cache_dir() -> str:
+    return os.environ.get("JAXDIFF_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                        "jaxdiff"))
+
+
 def feature_network_dir(config) -> str:
-    """``config.eval.feature_network_dir``, or ``$JAXDIFF_CACHE/feature_networks/<dataset>``
-    (JAXDIFF_CACHE defaults to ~/.cache/jaxdiff)."""
+    """Where the dataset's trained feature network lives: ``config.eval.feature_network_dir``,
+    or ``$JAXDIFF_CACHE/feature_networks/<dataset>`` (JAXDIFF_CACHE defaults to
+    ~/.cache/jaxdiff)."""
     e = config.eval
     if e.feature_network_dir:
         return e.feature_network_dir
-    cache = os.environ.get("JAXDIFF_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "jaxdiff"))
-    return os.path.join(cache, "feature_networks", dataset_name(config.data).replace("/", "_"))
+    return os.path.join(_cache_dir(), "feature_networks",
+                        dataset_name(config.data).replace("/", "_"))
+
+
+def _pinned_training_settings(config) -> bool:
+    """Whether ``config.eval``'s classifier settings are those the pinned network was trained
+    with (so retraining should reproduce its bytes)."""
+    pinned = pinned_feature_network_dir(dataset_name(config.data))
+    if pinned is None:
+        return False
+    t = read_manifest(pinned)[0]["training"]
+    e = config.eval
+    return (int(e.classifier_steps), int(e.classifier_batch_size), int(e.classifier_seed)) == (
+        t["steps"], t["batch_size"], t["seed"])
 
 
 def train_feature_network(config) -> dict:
     """Trains (or retrains) the dataset's own feature network with ``config.eval``'s settings
-    into ``feature_network_dir(config)``; returns its manifest."""
+    into ``feature_network_dir(config)``; returns its manifest.  Where the package ships a
+    pinned network for the dataset, says whether the retrained bytes equal it."""
     e = config.eval
     out = feature_network_dir(config)
     manifest = train_classifier(config.data, out, steps=int(e.classifier_steps),
@@ -250,16 +308,66 @@ def train_feature_network(config) -> dict:
     print(f"feature network for {manifest['dataset']}: held-out accuracy "
           f"{manifest['heldout_accuracy']:.4f}, sha256 {manifest['sha256'][:12]}..., in {out}",
           flush=True)
+    pinned = pinned_feature_network_dir(manifest["dataset"])
+    if pinned is not None:
+        pinned_sha = read_manifest(pinned)[0]["sha256"]
+        if manifest["sha256"] == pinned_sha:
+            print("identical, byte for byte, to the pinned feature network shipped in the "
+                  "package", flush=True)
+        else:
+            why = ("this jax/jaxlib version or CPU computes different last bits" if
+                   _pinned_training_settings(config) else "the classifier settings differ")
+            print(f"not the pinned feature network (sha256 {pinned_sha[:12]}...; {why}): FDs, "
+                  f"precision and recall in this feature space are comparable only with runs "
+                  f"evaluated with this same network; evaluate with it through "
+                  f"--config.eval.feature_network=trained", flush=True)
     return manifest
 
 
-def own_feature_network(config) -> tuple[FeatureNetwork, str]:
-    """(the dataset's feature network, its directory); trained first when missing and
-    ``config.eval.train_classifier_if_missing``."""
+@dataclasses.dataclass(frozen=True)
+class FeatureSpace:
+    """The feature network an evaluation uses.
+
+    Fields:
+      network:       the loaded, checksum-verified ``FeatureNetwork``.
+      directory:     where its manifest and parameters are.
+      reference_dir: where reference statistics in this space are stored.
+      pinned:        True for the network shipped in the package (numbers comparable across
+                     machines), False for one trained on this machine.
+    """
+
+    network: FeatureNetwork
+    directory: str
+    reference_dir: str
+    pinned: bool
+
+
+def own_feature_space(config) -> FeatureSpace:
+    """The dataset's feature network as ``config.eval.feature_network`` selects it: the pinned
+    one shipped in the package, or one trained on this machine (trained first when missing and
+    ``config.eval.train_classifier_if_missing``)."""
+    dataset = dataset_name(config.data)
+    if uses_pinned_network(config):
+        path = pinned_feature_network_dir(dataset)
+        if path is None:
+            raise MissingInputError(f"the package ships no pinned feature network for "
+                                    f"{dataset!r}; use --config.eval.feature_network=trained")
+        shape = list(get_source(config.data, "heldout").example_shape)
+        if read_manifest(path)[0]["image_shape"] != shape:
+            raise IncompatibleCheckpointError(
+                f"the pinned feature network for {dataset!r} takes images of shape "
+                f"{read_manifest(path)[0]['image_shape']}, this data config gives {shape}; use "
+                f"--config.eval.feature_network=trained")
+        network = load_feature_network(path)
+        # references go to the cache: the package directory may be read-only
+        reference_dir = os.path.join(_cache_dir(), "feature_networks",
+                                     f"{dataset.replace('/', '_')}-pinned-{network.checksum[:12]}")
+        os.makedirs(reference_dir, exist_ok=True)
+        return FeatureSpace(network, path, reference_dir, True)
     path = feature_network_dir(config)
     if not os.path.exists(os.path.join(path, MANIFEST_FILE)):
         if not config.eval.train_classifier_if_missing:
-            raise FileNotFoundError(f"no feature network in {path}: run --mode=train_classifier "
+            raise MissingInputError(f"no feature network in {path}: run --mode=train_classifier "
                                     f"or set config.eval.train_classifier_if_missing=True")
         train_feature_network(config)
-    return load_feature_network(path), path
+    return FeatureSpace(load_feature_network(path), path, path, False)

@@ -20,7 +20,7 @@ import numpy as np
 from jaxdiff import classify as DC
 from jaxdiff import config as C
 from jaxdiff import parallel
-from jaxdiff.classifier_train import own_feature_network
+from jaxdiff.classifier_train import own_feature_space
 from jaxdiff.data import dataset_name, get_source
 from jaxdiff.errors import ConfigError
 from jaxdiff.jobs.spec import (build_spec, checkpoint_dir, needs_checkpoint, register_job,
@@ -133,7 +133,7 @@ def classify_job(config, workdir: str) -> dict:
     pred, labels = np.concatenate(preds), np.concatenate(labels_all)
     confusion = np.zeros((source.num_classes,) * 2, np.int64)
     np.add.at(confusion, (labels, pred), 1)
-    network, _ = own_feature_network(config)
+    network = own_feature_space(config).network
     disc = candidates[np.argmax(network.logits(source.get(subset)[0])[:, candidates], -1)]
     proto = protocol(cc)
     result = dict(protocol=proto, checkpoint_step=step, dataset=dataset_name(config.data),

@@ -12,11 +12,14 @@ reports, with the protocol stated next to every number:
   Inception FID    only when the pytorch-fid weights file is configured
                    (``config.eval.inception_weights`` or $JAXDIFF_INCEPTION_WEIGHTS)
 
-The feature network is trained once per dataset (``--mode=train_classifier``, or automatically
-when missing) into ``config.eval.feature_network_dir`` (default:
-``$JAXDIFF_CACHE/feature_networks/<dataset>``, with JAXDIFF_CACHE defaulting to
-~/.cache/jaxdiff), saved with its SHA-256 (``jaxdiff.classifier_train``).  Reference statistics of the held-out split are stored
-beside it with their own SHA-256, and are refused when either checksum does not match.
+The feature network (``config.eval.feature_network``): 'auto' (the default) takes the network
+shipped inside the package for the dataset when there is one (``jaxdiff/assets/feature_networks``,
+checksummed: the same feature space, hence comparable FDs, on every machine), and otherwise
+one trained once on this machine ('trained': ``--mode=train_classifier``, or automatically when
+missing, into ``config.eval.feature_network_dir``, default
+``$JAXDIFF_CACHE/feature_networks/<dataset>``, JAXDIFF_CACHE defaulting to ~/.cache/jaxdiff),
+saved with its SHA-256 (``jaxdiff.classifier_train``).  Reference statistics of the held-out
+split are stored with their own SHA-256, and refused when either checksum does not match.
 Results go to ``<samples dir>/eval.json`` and ``eval.md``.
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from jaxdiff import config as C
 from jaxdiff import metrics as M
-from jaxdiff.classifier_train import own_feature_network, train_feature_network
+from jaxdiff import classifier_train as CT
 from jaxdiff.data import dataset_name, get_source
 from jaxdiff.errors import MissingInputError
 from jaxdiff.jobs import samples_io as IO
@@ -38,6 +41,7 @@ from jaxdiff.jsonio import write_json
 
 def default_eval_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
+        feature_network="auto",            # 'auto' | 'pinned' (shipped) | 'trained' (here)
         feature_network_dir="",            # '' -> $JAXDIFF_CACHE/feature_networks/<dataset>
         train_classifier_if_missing=True,
         classifier_steps=1500, classifier_batch_size=128, classifier_seed=0,
@@ -46,6 +50,11 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
 
 def _check_eval(e, config, **_) -> None:
+    C.choice(e.feature_network, "eval.feature_network", CT.FEATURE_NETWORK_CHOICES)
+    if e.feature_network == "pinned" and CT.pinned_feature_network_dir(
+            dataset_name(config.data)) is None:
+        raise C.ConfigError(f"config.eval.feature_network: the package ships no pinned feature "
+                            f"network for {dataset_name(config.data)!r}; use 'trained' or 'auto'")
     C.number(e.classifier_steps, "eval.classifier_steps", low=1, integer=True)
     C.number(e.classifier_batch_size, "eval.classifier_batch_size", low=1, integer=True)
     C.number(e.classifier_seed, "eval.classifier_seed", low=0, integer=True)
@@ -59,11 +68,12 @@ def train_classifier_job(config, workdir: str) -> dict:
     """``--mode=train_classifier``: trains (or retrains) the dataset's own feature network."""
     del workdir
     C.validate(config)
-    return train_feature_network(config)
+    return CT.train_feature_network(config)
 
 
 def _reference(network, directory: str, config, tag: str):
-    """Held-out reference statistics for ``network``; computed and stored when missing."""
+    """Held-out reference statistics for ``network`` in ``directory``; computed and stored
+    when missing."""
     path = os.path.join(directory, f"reference_{tag}_heldout.npz")
     if not os.path.exists(path):
         M.compute_reference(path, network, get_source(config.data, "heldout"),
@@ -71,8 +81,8 @@ def _reference(network, directory: str, config, tag: str):
     return M.load_reference(path, network.checksum), path
 
 
-def image_metrics(network, reference, images_uint8, labels) -> dict:
-    """All metrics of one feature network for uint8 samples (N, H, W, C) with labels (N,)."""
+def image_metrics(network, reference, images_uint8) -> tuple[dict, np.ndarray]:
+    """(all metrics of one feature network for uint8 samples (N, H, W, C), their logits (N, K))."""
     feats, logits = network.features_and_logits(IO.from_storage(images_uint8, "image"))
     mu, sigma = M.feature_statistics(feats)
     out = dict(fd=M.frechet_distance(mu, sigma, reference.mu, reference.sigma))
@@ -84,6 +94,25 @@ def image_metrics(network, reference, images_uint8, labels) -> dict:
     is_mean, is_std = M.inception_score(logits, num_splits=min(10, max(1, len(logits) // 100)))
     out.update(inception_score=is_mean, inception_score_std=is_std)
     return out, logits
+
+
+def own_feature_metrics(config, images_uint8, labels=None, space=None) -> dict:
+    """The own-feature metrics of uint8 images (N, H, W, C) against the held-out split:
+    ``own_features`` (FD, precision, recall, KID, IS), ``class_accuracy`` of the intended
+    ``labels`` (N,) when given, and which network and reference were used.  ``space`` defaults
+    to ``own_feature_space(config)`` (the pinned network where the package ships one)."""
+    space = CT.own_feature_space(config) if space is None else space
+    network = space.network
+    reference, ref_path = _reference(network, space.reference_dir, config, "own")
+    own, logits = image_metrics(network, reference, images_uint8)
+    out = dict(own_feature_network=dict(name=network.name, sha256=network.checksum,
+                                        directory=space.directory, pinned=space.pinned),
+               reference=dict(path=ref_path, **{k: reference.metadata[k] for k in
+                                                ("dataset", "split", "count")}),
+               own_features=own)
+    if labels is not None:
+        out["class_accuracy"] = float(np.mean(np.argmax(logits, -1) == labels))
+    return out
 
 
 def _inception_weights(config) -> str:
@@ -122,22 +151,17 @@ def evaluate_job(config, workdir: str) -> dict:
     if proto["kind"] != "image":
         return _signal_evaluation(config, out_dir, stored, labels, proto)
     images = stored
-    network, net_dir = own_feature_network(config)
-    reference, ref_path = _reference(network, net_dir, config, "own")
-    own, logits = image_metrics(network, reference, images, labels)
+    space = CT.own_feature_space(config)
+    network = space.network
     results = dict(protocol=proto, samples_dir=out_dir, num_samples=int(len(images)),
-                   own_feature_network=dict(name=network.name, sha256=network.checksum,
-                                            directory=net_dir),
-                   reference=dict(path=ref_path, **{k: reference.metadata[k] for k in
-                                                    ("dataset", "split", "count")}),
-                   own_features=own)
-    if proto["num_classes"] > 0:
-        results["class_accuracy"] = float(np.mean(np.argmax(logits, -1) == labels))
+                   **own_feature_metrics(config, images, labels if proto["num_classes"] > 0
+                                         else None, space))
+    own = results["own_features"]
     if weights:
         inception = M.load_inception(
             weights, require_standard=bool(config.eval.require_standard_inception))
-        inc_ref, inc_path = _reference(inception, net_dir, config, "inception")
-        inc, _ = image_metrics(inception, inc_ref, images, labels)
+        inc_ref, inc_path = _reference(inception, space.reference_dir, config, "inception")
+        inc, _ = image_metrics(inception, inc_ref, images)
         results["inception"] = dict(inc, weights_sha256=inception.checksum, reference=inc_path)
     else:
         results["inception"] = None
@@ -153,6 +177,10 @@ def evaluate_job(config, workdir: str) -> dict:
              f"{IO.guidance_tag(proto['guidance'])}; "
              f"details in {os.path.join(out_dir, 'eval.md')})")
     print(line, flush=True)
+    if not space.pinned:
+        print(f"(features of a network trained on this machine, sha256 {network.checksum[:12]}"
+              f"...: FD, precision and recall compare only with runs evaluated with it)",
+              flush=True)
     return results
 
 
@@ -171,7 +199,10 @@ def summary_markdown(r: dict) -> str:
         f"- reference: {r['reference']['dataset']} {r['reference']['split']} split, "
         f"{r['reference']['count']} images ({r['reference']['path']})",
         f"- own feature network: {r['own_feature_network']['name']} "
-        f"(sha256 {r['own_feature_network']['sha256']})", "",
+        f"(sha256 {r['own_feature_network']['sha256']}; "
+        + ("pinned: shipped in the package, the same on every machine)"
+           if r['own_feature_network'].get('pinned') else
+           "trained on this machine: compare only with runs evaluated with it)"), "",
         "## Results", "",
         "| metric | value |", "|---|---|",
         f"| own-feature FD | {own['fd']:.4f} |",
