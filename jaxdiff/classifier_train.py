@@ -353,10 +353,11 @@ def own_feature_space(config) -> FeatureSpace:
             raise MissingInputError(f"the package ships no pinned feature network for "
                                     f"{dataset!r}; use --config.eval.feature_network=trained")
         shape = list(get_source(config.data, "heldout").example_shape)
-        if read_manifest(path)[0]["image_shape"] != shape:
+        expected = read_manifest(path)[0]["image_shape"]
+        if expected != shape:
             raise IncompatibleCheckpointError(
                 f"the pinned feature network for {dataset!r} takes images of shape "
-                f"{read_manifest(path)[0]['image_shape']}, this data config gives {shape}; use "
+                f"{expected}, this data config gives {shape}; use "
                 f"--config.eval.feature_network=trained")
         network = load_feature_network(path)
         # references go to the cache: the package directory may be read-only
