@@ -54,7 +54,10 @@ BAD = {
     "ddpm": [({"eta": -0.1}, "eta")],
     "heun_sde": [({"s_churn": -1.0}, "s_churn"), ({"s_tmin": 2.0, "s_tmax": 1.0}, "s_tmin"),
                  ({"s_noise": -1.0}, "s_noise"), ({"s_churn": math.inf}, "s_churn")],
-    "unipc": [({"order": 4}, "order"), ({"order": 2.5}, "order")],
+    "unipc": [({"order": 4}, "order"), ({"order": 2.5}, "order"),
+              ({"lower_order_final": "yes"}, "lower_order_final")],
+    "dpmpp_2m": [({"lower_order_final": 1}, "lower_order_final")],
+    "dpmpp_3m": [({"form": "taylr"}, "form"), ({"lower_order_final": None}, "lower_order_final")],
     "ipndm": [({"max_order": 0}, "max_order"), ({"max_order": True}, "max_order")],
 }
 

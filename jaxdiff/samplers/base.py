@@ -478,8 +478,9 @@ def sample(denoiser: DenoiserBase, key: Array, shape: tuple[int, ...], *,
       step_offset: without a carry, the number of steps solved before this grid; step i draws
         its noise from fold_in(k_j, step_offset + i + 1).  Default 0.
       total_steps: steps of the whole solve, for samplers whose rule uses the total (heun_sde's
-        gamma = s_churn / N); default step_offset + steps.  Give it to the first segment of a
-        split stochastic solve.
+        gamma = s_churn / N; the lower-order final steps of dpmpp_2m / dpmpp_3m / unipc);
+        default step_offset + steps.  Give it to the first segment of a split solve with one
+        of those samplers.
       resample: N >= 1 passes per step: after each pass but the last the state is re-noised back
         to the step's start and the step is taken again (RePaint / Steered Diffusion's loop;
         module docstring).  1: the plain solve.  N > 1 needs a sampler without carried

@@ -13,14 +13,21 @@ h_0 = lambda_i - lambda_{i-1}, h_1 = lambda_{i-1} - lambda_{i-2}, and e^{-h} = s
   order 3 (3M): D is replaced in (*) by the quadratic through (lambda_{i-2..i}, D_{2..0}), whose
       derivatives at lambda_i are D' = d_0 + h_0 d_01 and D'' = 2 d_01 with divided differences
       d_0 = (D_0 - D_1)/h_0, d_1 = (D_1 - D_2)/h_1, d_01 = (d_0 - d_1)/(h_0 + h_1):
-      y_{i+1} = e^{-h} y_i + (1 - e^{-h}) D_0 + h^2 phi_2(-h) D' + h^3 phi_3(-h) D''.
-      (The official code's third-order multistep update weights the D'' term by half of this,
-      which makes it a second-order method; this module uses the Taylor-consistent weight and
-      its test measures third-order convergence.)
+      form "taylor":   y_{i+1} = e^{-h} y_i + (1 - e^{-h}) D_0 + h^2 phi_2(-h) D' + h^3 phi_3(-h) D''
+      form "official": the same with h^3 phi_3(-h) D'' / 2 = h^3 phi_3(-h) d_01, the weight of the
+      official DPM-Solver code's multistep third-order update (``dpm_solver_pytorch.py``,
+      ``multistep_dpm_solver_third_update``) and of diffusers' DPMSolverMultistepScheduler.
+      The official weight is the default (it is what users compare against); its local error
+      keeps an O(h^3) term, so it measures second order at high NFE while being the more
+      accurate one at 10-50 steps on DDPM grids.  "taylor" is the Taylor-consistent weight,
+      third order (tests/test_samplers.py measures both).
 
 Order min(order, i + 1) on step i (the first steps have fewer points), and order 1 on the final
-step to sigma = 0 (lambda = inf), which returns D(y_{N-1}) exactly.  A grid with a noisy end
-(lambda_N finite) keeps the full order on its last step.  1 NFE per step.
+step to sigma = 0 (lambda = inf), which returns D(y_{N-1}) exactly.  With ``lower_order_final``
+(default, as the official codes) a solve of fewer than 15 steps also takes its last steps at
+order min(order, steps left): 3M's second-to-last step is second order, and a noisy end's last
+step first order.  Longer solves and ``lower_order_final=False`` keep the full order up to a
+noisy end.  1 NFE per step.
 
 Partial solves carry the history: the data predictions D at the last two points and their
 lambdas, and how many points have a prediction, so a segment continued from the carry takes the
@@ -35,17 +42,21 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import SamplerContext, register
-from jaxdiff.samplers.expint import extended_log_snr, log_snr_steps, multistep_order, phi
+from jaxdiff.samplers.expint import (extended_log_snr, log_snr_steps, multistep_order, phi,
+                                     steps_remaining)
 
 Array = jax.Array
+FORMS = ("official", "taylor")     # the 3M weight of the second difference (module docstring)
+LOWER_ORDER_BELOW = 15             # solves shorter than this lower their final orders
 
 
-def _weights(sig: Array, lam: Array, i: Array, p: Array) -> tuple[Array, ...]:
+def _weights(sig: Array, lam: Array, i: Array, p: Array,
+             form: str = "official") -> tuple[Array, ...]:
     """Scalars (e^{-h}, 1 - e^{-h}, c1, c2) of y' = e^{-h} y + (1 - e^{-h}) D_0
     + c1 (D_0 - D_1) + c2 (D_1 - D_2) for step i at order p.
 
     sig: (steps + 1,) grid noise levels; lam: (steps + 3,) ``extended_log_snr``, whose entry
-    i + 2 is grid point i (and i + 1, i the two points before it)."""
+    i + 2 is grid point i (and i + 1, i the two points before it); form: the 3M weight."""
     ratio = sig[i + 1] / sig[i]
     h = lam[i + 3] - lam[i + 2]
     psi0 = -jnp.expm1(-h)
@@ -55,7 +66,8 @@ def _weights(sig: Array, lam: Array, i: Array, p: Array) -> tuple[Array, ...]:
     h1 = jnp.where(p >= 3, lam[i + 1] - lam[i], 1.0)
     c1_second = psi0 * h / (2.0 * h0)
     psi1, psi2 = h**2 * phi(2, h), h**3 * phi(3, h)
-    q = (psi1 * h0 + 2.0 * psi2) / (h0 + h1)   # weight of d_01
+    second = 2.0 if form == "taylor" else 1.0  # weight of h^3 phi_3 d_01 (module docstring)
+    q = (psi1 * h0 + second * psi2) / (h0 + h1)   # weight of d_01
     c1_third = (psi1 + q) / h0
     c2_third = -q / h1
     c1 = jnp.select([p == 2, p == 3], [c1_second, c1_third], 0.0)
@@ -79,11 +91,16 @@ def solve(ctx: SamplerContext, y: Array, order: int) -> tuple[Array, dict]:
         (d1, d2), known = hist["d"], hist["known"]
         lam = extended_log_snr(log_snr_steps(sig), hist["lam"])
 
+    def remaining(i):
+        left = steps_remaining(ctx, i)
+        lower = ctx.options["lower_order_final"] & (ctx.steps_in_solve < LOWER_ORDER_BELOW)
+        return jnp.where(lower, left, order)
+
     def step(carry, i):
         y, d1, d2 = carry   # d1, d2: data predictions at grid points i - 1, i - 2
         d0 = ctx.denoise_at(y, i)
-        p = multistep_order(i, n, order, ctx.grid.clean_end, known)
-        ratio, psi0, c1, c2 = _weights(sig, lam, i, p)
+        p = multistep_order(i, n, order, ctx.grid.clean_end, known, remaining(i))
+        ratio, psi0, c1, c2 = _weights(sig, lam, i, p, ctx.options.get("form", "official"))
         y = ratio * y + psi0 * d0 + c1 * (d0 - d1) + c2 * (d1 - d2)
         return (y, d0, d1), None
 
@@ -99,7 +116,16 @@ def run(ctx: SamplerContext, y: Array, order: int) -> Array:
     return solve(ctx, y, order)[0]
 
 
-register("dpmpp_2m", nfe=lambda n: n,
-         solve=functools.partial(solve, order=2))(functools.partial(run, order=2))
-register("dpmpp_3m", nfe=lambda n: n,
-         solve=functools.partial(solve, order=3))(functools.partial(run, order=3))
+def check(options: dict) -> None:
+    """form in FORMS; lower_order_final a bool (both static: they fix the program)."""
+    if options.get("form", "official") not in FORMS:
+        raise ValueError(f"dpmpp_3m: form must be one of {FORMS}, got {options['form']!r}")
+    if not isinstance(options["lower_order_final"], bool):
+        raise ValueError(f"dpm-solver++: lower_order_final must be True or False, got "
+                         f"{options['lower_order_final']!r}")
+
+
+register("dpmpp_2m", nfe=lambda n: n, check=check, solve=functools.partial(solve, order=2),
+         lower_order_final=True)(functools.partial(run, order=2))
+register("dpmpp_3m", nfe=lambda n: n, check=check, solve=functools.partial(solve, order=3),
+         form="official", lower_order_final=True)(functools.partial(run, order=3))

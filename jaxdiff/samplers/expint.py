@@ -54,14 +54,27 @@ def phi(j: int, h: Array) -> Array:
 
 
 def multistep_order(i: Array, steps: int, order: int, clean_end: bool = True,
-                    known: Array | int = 0) -> Array:
+                    known: Array | int = 0, remaining: Array | None = None) -> Array:
     """Order of step i -> i + 1 of a grid of ``steps`` steps: min(order, known + i + 1), as many
     points as have data predictions (``known``: points before this grid whose predictions a
     carry brings from a previous segment), and 1 on a clean end's final step to sigma_ve = 0,
     where lambda = +inf and only the first-order update, y = D, is defined.  A noisy end has
-    finite lambda and keeps the full order on its last step."""
+    finite lambda and keeps the full order on its last step.
+
+    ``remaining``: steps left in the whole solve from this step on (1 on its last step), given
+    where the sampler lowers its order at the end of a solve (the ``lower_order_final`` of the
+    official DPM-Solver and UniPC codes): the order is at most ``remaining``."""
     p = jnp.minimum(order, known + i + 1)
+    if remaining is not None:
+        p = jnp.minimum(p, jnp.maximum(remaining, 1))
     return jnp.where(i == steps - 1, 1, p) if clean_end else p
+
+
+def steps_remaining(ctx, i: Array) -> Array:
+    """Steps left in the whole solve from step i of ``ctx.grid`` on (1 on the solve's last
+    step): a segment of a split solve counts to the end of the joined one."""
+    return jnp.asarray(ctx.steps_in_solve, jnp.int32) - (
+        jnp.asarray(ctx.step_offset, jnp.int32) + i)
 
 
 def extended_log_snr(lam: Array, previous: Array | None) -> Array:

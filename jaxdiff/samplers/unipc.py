@@ -15,8 +15,11 @@ where the weights solve the order conditions sum_k w_k r_k^(j-1) = b_j, j = 1..(
 b_j = j! phi_{j+1}(-h) / phi_1(-h) (the bh2 case of UniPC's g_j(h) / B(h)).  As in the official
 implementation the 1-weight systems use the value 1/2 (a_1 for UniP-2, c_1 for UniC-1), which
 b_1 = 1/2 + O(h) approximates.  D~ is reused as D_0 of the next step, so UniC costs no evaluation:
-1 NFE per step.  Step i uses order min(order, i + 1); the final step to sigma = 0 is order 1
-(y = D_0, lambda = inf) and has no corrector.
+1 NFE per step.  Step i uses order min(order, i + 1, steps left in the solve) (the last bound is
+``lower_order_final``, on by default as in the official UniPC code and diffusers'
+UniPCMultistepScheduler: order 3 takes its second-to-last step at order 2, and a noisy end's
+last step is first order; ``lower_order_final=False`` keeps the full order there); the final
+step to sigma = 0 is order 1 (y = D_0, lambda = inf) and has no corrector.
 
 A grid with a noisy end (lambda_N finite) takes all N steps with predictor and corrector, which
 evaluates D~ at the last point too: N + 1 evaluations.  Partial solves carry that D~ (the next
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import SamplerContext, register
-from jaxdiff.samplers.expint import extended_log_snr, log_snr_steps, phi
+from jaxdiff.samplers.expint import extended_log_snr, log_snr_steps, phi, steps_remaining
 
 Array = jax.Array
 MAX_ORDER = 3
@@ -69,10 +72,13 @@ def _step_weights(lam: Array, i: Array, p: Array) -> tuple[Array, Array, Array, 
 
 
 def check(options: dict) -> None:
-    """order in {1, 2, 3} (static: it fixes the program)."""
+    """order in {1, 2, 3}; lower_order_final a bool (static: they fix the program)."""
     order = options["order"]
     if isinstance(order, bool) or order not in range(1, MAX_ORDER + 1):
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order!r}")
+    if not isinstance(options["lower_order_final"], bool):
+        raise ValueError(f"unipc: lower_order_final must be True or False, got "
+                         f"{options['lower_order_final']!r}")
 
 
 def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
@@ -96,6 +102,8 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
     def step(carry, i):
         y, d0, d1, d2 = carry   # data predictions at points i, i - 1, i - 2
         p = jnp.minimum(order, known + i + 1)
+        if ctx.options["lower_order_final"]:
+            p = jnp.minimum(p, jnp.maximum(steps_remaining(ctx, i), 1))
         h, r, a, c = _step_weights(lam, i + 2, p)
         ratio = sig[i + 1] / sig[i]
         psi0 = -jnp.expm1(-h)
@@ -121,8 +129,9 @@ def _nfe(n: int, clean_end: bool, resumed: bool) -> int:
     return n + (0 if clean_end else 1) - (1 if resumed else 0)
 
 
-@register("unipc", nfe=lambda n: n, check=check, solve=solve, segment_nfe=_nfe, order=2)
+@register("unipc", nfe=lambda n: n, check=check, solve=solve, segment_nfe=_nfe, order=2,
+          lower_order_final=True)
 def run(ctx: SamplerContext, y: Array) -> Array:
-    """UniPC-bh2.  Option order in {1, 2, 3}.  y: (B, ...) scaled state at grid point 0 ->
+    """UniPC-bh2.  Options order in {1, 2, 3}, lower_order_final (bool).  y: (B, ...) scaled state at grid point 0 ->
     (B, ...) state at the last grid point."""
     return solve(ctx, y)[0]
