@@ -1,0 +1,1 @@
+"""Denoisers built from several denoisers (trajectory stitching)."""
