@@ -57,6 +57,11 @@ VARIANTS = {
     "ema0.999": ("EMA decay 0.999", {"train.ema_decays": "(0.999,)"}),
     "batch64": ("batch 64 (half the steps: the same examples)", {"train.batch_size": 64}),
     "width24": ("base width 24 instead of 32", {"model.base_channels": 24}),
+    # levers on top of the shipped peak learning rate 4e-3
+    "lr8e-3": ("peak learning rate 8e-3", {"optim.lr": 8e-3}),
+    "lr4e-3_b2": ("lr 4e-3, Adam b2 0.99 instead of 0.999", {"optim.lr": 4e-3, "optim.b2": 0.99}),
+    "lr4e-3_noattn": ("lr 4e-3, no attention block (8x8 attention removed)",
+                      {"optim.lr": 4e-3, "model.attn_resolutions": "()"}),
 }
 
 
@@ -108,16 +113,17 @@ def run_recipes(args) -> dict:
     for name in names:
         what, overrides = VARIANTS[name]
         steps = args.steps // 2 if name == "batch64" else args.steps
-        workdir = os.path.join(args.root, name)
+        key = name if steps == 1200 or name == "batch64" else f"{name}@{steps}"
+        workdir = os.path.join(args.root, key)
         flags = _flags({"train.num_steps": steps, "sample.num_samples": args.samples,
                         "sample.sampler": args.sampler.split(":")[0],
                         "sample.steps": int(args.sampler.split(":")[1]), **BASE, **overrides})
         train_s = jaxdiff(workdir, "train", flags, args.cache)
         sample_s = jaxdiff(workdir, "sample,eval", flags, args.cache)
-        out[name] = dict(what=what, overrides=overrides, train_steps=steps,
+        out[key] = dict(what=what, overrides=overrides, train_steps=steps,
                          train_wall_s=round(train_s, 1), sample_eval_wall_s=round(sample_s, 1),
                          **_eval_result(workdir))
-        print(name, out[name], flush=True)
+        print(key, out[key], flush=True)
     return out
 
 

@@ -10,7 +10,6 @@ default config section on a tiny 1-D network, so a newly registered objective ge
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from jaxdiff import config as C
