@@ -57,6 +57,7 @@ BAD = {
     "unipc": [({"order": 4}, "order"), ({"order": 2.5}, "order"),
               ({"lower_order_final": "yes"}, "lower_order_final")],
     "dpmpp_2m": [({"lower_order_final": 1}, "lower_order_final")],
+    "evodiff": [({"adaptive": 0}, "adaptive"), ({"lower_order_final": "no"}, "lower_order_final")],
     "dpmpp_3m": [({"form": "taylr"}, "form"), ({"lower_order_final": None}, "lower_order_final")],
     "ipndm": [({"max_order": 0}, "max_order"), ({"max_order": True}, "max_order")],
 }

@@ -5,6 +5,7 @@ Importing this package registers every sampler module.
 from jaxdiff.samplers import ddim  # noqa: F401  (registers ddim, ddpm)
 from jaxdiff.samplers import dpm_solver  # noqa: F401  (registers dpmpp_2m, dpmpp_3m)
 from jaxdiff.samplers import euler  # noqa: F401  (registers euler)
+from jaxdiff.samplers import evodiff  # noqa: F401  (registers evodiff)
 from jaxdiff.samplers import heun  # noqa: F401  (registers heun, heun_sde)
 from jaxdiff.samplers import ipndm  # noqa: F401  (registers ipndm)
 from jaxdiff.samplers import unipc  # noqa: F401  (registers unipc)
