@@ -62,6 +62,10 @@ VARIANTS = {
     "lr4e-3_b2": ("lr 4e-3, Adam b2 0.99 instead of 0.999", {"optim.lr": 4e-3, "optim.b2": 0.99}),
     "lr4e-3_noattn": ("lr 4e-3, no attention block (8x8 attention removed)",
                       {"optim.lr": 4e-3, "model.attn_resolutions": "()"}),
+    "lr8e-3_b2": ("lr 8e-3, Adam b2 0.99", {"optim.lr": 8e-3, "optim.b2": 0.99}),
+    "lr4e-3_b2_0.95": ("lr 4e-3, Adam b2 0.95", {"optim.lr": 4e-3, "optim.b2": 0.95}),
+    "lr4e-3_b2_ema0.998": ("lr 4e-3, Adam b2 0.99, EMA 0.998",
+                           {"optim.lr": 4e-3, "optim.b2": 0.99, "train.ema_decays": "(0.998,)"}),
 }
 
 
