@@ -3,15 +3,17 @@ and how long each of its stages takes.
 
   python -m bench.first_run recipes  [--steps 1200] [--samples 500] [--variants base,edm,...]
   python -m bench.first_run samplers --workdir RUN [--samples 1000] [--samplers ddim:50,...]
-  python -m bench.first_run stages   [--workdir DIR]
+  python -m bench.first_run stages   [--workdir DIR] [--fresh-clone]
   python -m bench.first_run torch    [--seconds S] [--torch-python PATH]
 
 ``recipes`` trains ``configs/mnist5k.py`` once per variant (a set of ``--config`` overrides, the
 table ``VARIANTS``) for the same number of steps, samples each with the same sampler and reports
 the own-feature FD and class accuracy in the pinned feature space, with the training time.
 ``samplers`` takes one trained run and evaluates several samplers / step counts on it.
-``stages`` runs the first command's three stages (train, sample, eval) as separate processes
-from an empty ``JAXDIFF_CACHE`` and reports the wall time of each and the final quality.
+``stages`` runs the first command's job (train, sample, eval in one process, as the README
+does) from an empty ``JAXDIFF_CACHE`` and reports the wall time of each stage and the final
+quality; ``--fresh-clone`` runs it in a fresh clone of HEAD with a new venv and times the
+``pip install -e .`` as well.
 
 Every run is the ``jaxdiff`` command itself in a subprocess (the code a user runs); results are
 merged into ``docs/first_run.json`` and rendered into ``docs/first_run.md``.
@@ -144,15 +146,54 @@ def run_samplers(args) -> dict:
     return out
 
 
+def _stage_walls(stdout: str) -> dict:
+    """{mode}_wall_s from the job's 'wall time: train 812 s, sample 95 s, ...' line."""
+    line = [ln for ln in stdout.splitlines() if ln.startswith("wall time: ")][-1]
+    parts = line[len("wall time: "):].split(" (total")[0].split(", ")
+    return {f"{p.split()[0]}_wall_s": float(p.split()[1]) for p in parts}
+
+
 def run_stages(args) -> dict:
-    workdir = args.workdir or tempfile.mkdtemp(prefix="first_run_")
+    """The README's first command as a new user runs it: with ``--fresh-clone``, a clone of
+    this repository's HEAD, a new venv and ``pip install -e .`` (timed), then the main job in
+    one process (``--mode=train,sample,eval``) from an empty JAXDIFF_CACHE; its per-stage wall
+    times come from the job's own 'wall time:' line."""
+    import resource
+
+    env = dict(os.environ, JAXDIFF_CACHE=args.cache)
+    env.pop("PYTHONPATH", None)
     out = {}
-    for stage in ("train", "sample", "eval"):
-        out[f"{stage}_wall_s"] = round(jaxdiff(workdir, stage, [], args.cache), 1)
+    if args.fresh_clone:
+        root = tempfile.mkdtemp(prefix="first_run_clone_")
+        where = os.path.join(root, "jaxdiff")
+        subprocess.run(["git", "clone", "-q", REPO, where], check=True)
+        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where,
+                                       capture_output=True, text=True).stdout.strip()
+        subprocess.run([sys.executable, "-m", "venv", os.path.join(root, "venv")], check=True)
+        python = os.path.join(root, "venv", "bin", "python3")
+        start = time.time()
+        subprocess.run([python, "-m", "pip", "install", "-q", "-e", "."], cwd=where, env=env,
+                       check=True)
+        out["install_wall_s"] = round(time.time() - start, 1)
+    else:
+        where, python = REPO, sys.executable
+        env["PYTHONPATH"] = REPO
+    workdir = args.workdir or os.path.join(tempfile.mkdtemp(prefix="first_run_"), "mnist5k")
+    cmd = [python, "-m", "jaxdiff.main", "--config=configs/mnist5k.py", f"--workdir={workdir}",
+           "--mode=train,sample,eval"]
+    print("$", " ".join(["python3", *cmd[1:]]), flush=True)
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=where, env=env, text=True, capture_output=True)
+    if proc.returncode:
+        sys.exit(f"failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    out["job_wall_s"] = round(time.time() - start, 1)
+    out.update(_stage_walls(proc.stdout))
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     with open(os.path.join(workdir, "train_summary.json")) as f:
         out["train_steps"] = json.load(f)["step"]
     out.update(_eval_result(workdir))
-    out["total_wall_s"] = round(sum(v for k, v in out.items() if k.endswith("_wall_s")), 1)
+    out["total_wall_s"] = round(out["job_wall_s"] + out.get("install_wall_s", 0.0), 1)
+    out["workdir"] = workdir
     return out
 
 
@@ -239,10 +280,12 @@ def render(results: dict) -> None:
                 ("recall", "recall", ".3f")])
         else:
             body = head + _table({"first command": rows}, [
-                ("train_wall_s", "train s", ".0f"), ("train_steps", "steps", "d"),
-                ("sample_wall_s", "sample s", ".0f"), ("eval_wall_s", "eval s", ".0f"),
-                ("total_wall_s", "total s", ".0f"), ("fd", "FD", ".3f"),
-                ("accuracy", "accuracy", ".3f")])
+                ("install_wall_s", "pip install s", ".0f"), ("train_wall_s", "train s", ".0f"),
+                ("train_steps", "steps", "d"), ("sample_wall_s", "sample s", ".0f"),
+                ("eval_wall_s", "eval s", ".0f"), ("total_wall_s", "total s", ".0f"),
+                ("peak_rss_mb", "peak RSS MB", "d"), ("fd", "FD", ".3f"),
+                ("accuracy", "accuracy", ".3f"), ("precision", "precision", ".3f"),
+                ("recall", "recall", ".3f")])
         replace_section(DOC, f"first-run-{section}", body, DOC_HEADER)
     print(f"wrote {DOC}")
 
@@ -265,6 +308,8 @@ def main(argv=None) -> None:
                    help="more --config flags, space-separated: --extra='--config.a=1'")
     t = sub.add_parser("stages")
     t.add_argument("--workdir", default="")
+    t.add_argument("--fresh-clone", action="store_true",
+                   help="clone HEAD into a new venv and time `pip install -e .` too")
     o = sub.add_parser("torch")
     o.add_argument("--seconds", type=float, default=0.0,
                    help="training wall time (default: jaxdiff's, from `stages`)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import traceback
 
 from absl import app, flags, logging
@@ -198,8 +199,20 @@ def _main(argv):
     C.validate(config)
     rundir.check_writable(_WORKDIR.value)
     spec.preflight(config, _WORKDIR.value, list(_MODE.value))
+    walls = []
     for mode in _MODE.value:
+        start = time.perf_counter()
         JOBS[mode](config, _WORKDIR.value)
+        walls.append((mode, time.perf_counter() - start))
+    if len(walls) > 1:
+        print(stage_times_line(walls), flush=True)
+
+
+def stage_times_line(walls: list[tuple[str, float]]) -> str:
+    """'wall time: train 812 s, sample 95 s, eval 21 s (total 928 s)', printed after a run of
+    several modes (``bench/first_run.py stages`` reads it)."""
+    parts = ", ".join(f"{mode} {seconds:.0f} s" for mode, seconds in walls)
+    return f"wall time: {parts} (total {sum(s for _, s in walls):.0f} s)"
 
 
 def _run_job(argv) -> int:

@@ -311,6 +311,9 @@ def test_cli_run_writes_checkpoints_summary_grid_samples_and_logs_its_compiles(t
     assert _steps(workdir) == [2, 4, 6] and len(_shards(workdir)) == 2
     assert "step 6/6" in proc.stdout and "sampling from checkpoint step 6" in proc.stdout
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 6
+    # two modes: the last line gives each one's wall time
+    assert re.fullmatch(r"wall time: train \d+ s, sample \d+ s \(total \d+ s\)",
+                        proc.stdout.strip().splitlines()[-1]), proc.stdout[-500:]
 
 
 @pytest.fixture(scope="module")
