@@ -61,8 +61,7 @@ class TStitch(DenoiserBase):
     def _starts(self) -> list[tuple[int, float]]:
         """(k, c_{k-1}) for the denoisers whose time range is not empty, in order."""
         lo = [0.0, *self.fractions[:-1]]
-        keep = [(k, a) for k, (a, b) in enumerate(zip(lo, self.fractions)) if b > a]
-        return keep
+        return [(k, a) for k, (a, b) in enumerate(zip(lo, self.fractions)) if b > a]
 
     def route(self, t: Array) -> Array:
         """(B,) int32 index of the denoiser for times t (B,): the last non-empty range whose

@@ -77,11 +77,10 @@ def _proj(u: Array, v: Array) -> Array:
     return jnp.clip(jnp.where(vv > 0, ratio, 0.0), -2.0, 2.0)
 
 
-def _middle(y_e, m0, m1, m_t, s_prev, s, t, a, r_i, r, w, b, short):
-    """The middle step's output y' from the probe's evaluation m_t (module docstring)."""
+def _middle(y_e, m0, m1, d1, m_t, s, t, a, r_i, r, w, b, short):
+    """The middle step's output y' from the probe's balanced difference d1 = m0 - beta1 m1 and
+    its evaluation m_t (module docstring)."""
     h = 1.0 / t - 1.0 / s
-    beta1 = (1.0 - w) * b + w * _proj(m0, m1)
-    d1 = m0 - beta1 * m1
     beta2 = (1.0 - w) * b + w * _proj(m_t, m0)
     d2 = m_t - beta2 * m0
     bp, bn = d1 / (r * h), r * d2 / h
@@ -147,7 +146,8 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict | None]:
             r_i = jnp.clip(jax.nn.sigmoid(0.25 * jnp.abs(beta1)) * r, 0.25 * r, 1.5 * r)
         else:
             beta1, r_i = 1.0, r
-        y_p = y_e + 0.5 * a * (m0 - beta1 * m1) / r_i
+        d1 = m0 - beta1 * m1
+        y_p = y_e + 0.5 * a * d1 / r_i
         if lower_final:
             last = ((offset + j) == last_noisy) & ~first
             r_f = jnp.where(rho < 0.5, 1.0 - 0.5 * jnp.sqrt(rho),
@@ -159,7 +159,7 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict | None]:
             y_pre = jnp.where(first, y_e, y_p)
         m_next = ctx.denoise_at(y_pre, j + 1)
         if adaptive:
-            y_mid = _middle(y_e, m0, m1, m_next, s_back, s, t, a, r_i, r, w, b, short)
+            y_mid = _middle(y_e, m0, m1, d1, m_next, s, t, a, r_i, r, w, b, short)
             y_new = jnp.where(first | last, y_pre, y_mid)
         else:
             y_new = y_pre
