@@ -241,6 +241,14 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
     spec.resolve_options(options)
 
 
+def lookahead_segment_nfe(n: int, clean_end: bool, resumed: bool) -> int:
+    """``segment_nfe`` of samplers that evaluate D at a grid's first point and, in every step,
+    at the next point (UniPC's corrector input, EVODiff's probe), carrying that prediction on:
+    a clean end's final step evaluates nothing, a noisy end's last step evaluates its end point
+    (n + 1), and a segment resumed from a carry skips its first point's evaluation (- 1)."""
+    return n + (0 if clean_end else 1) - (1 if resumed else 0)
+
+
 def nfe_of(name: str, steps: int) -> int:
     """Denoiser evaluations used by ``name`` with ``steps`` steps (a full solve)."""
     return int(get_sampler(name).nfe(int(steps)))

@@ -13,7 +13,8 @@ h_0 = lambda_i - lambda_{i-1}, h_1 = lambda_{i-1} - lambda_{i-2}, and e^{-h} = s
   order 3 (3M): D is replaced in (*) by the quadratic through (lambda_{i-2..i}, D_{2..0}), whose
       derivatives at lambda_i are D' = d_0 + h_0 d_01 and D'' = 2 d_01 with divided differences
       d_0 = (D_0 - D_1)/h_0, d_1 = (D_1 - D_2)/h_1, d_01 = (d_0 - d_1)/(h_0 + h_1):
-      form "taylor":   y_{i+1} = e^{-h} y_i + (1 - e^{-h}) D_0 + h^2 phi_2(-h) D' + h^3 phi_3(-h) D''
+      form "taylor":
+          y_{i+1} = e^{-h} y_i + (1 - e^{-h}) D_0 + h^2 phi_2(-h) D' + h^3 phi_3(-h) D''
       form "official": the same with h^3 phi_3(-h) D'' / 2 = h^3 phi_3(-h) d_01, the weight of the
       official DPM-Solver code's multistep third-order update (``dpm_solver_pytorch.py``,
       ``multistep_dpm_solver_third_update``) and of diffusers' DPMSolverMultistepScheduler.

@@ -30,7 +30,8 @@ data per sample.  proj(u, v) = clip(<u, v> / <v, v>, -2, 2) (0 where <v, v> = 0)
       c = sigmoid(proj(m0, (m0 - m1) / h) (2 - rho^2)), zeta = sigmoid(-(|zeta*| - 1/2) c)
       y' = y_E + a B / (2 zeta)
   the step onto the solve's last noisy point, with ``lower_order_final`` (default, as the
-  official code; False takes a middle step there): y' = g (rho y + a m0) + (a / 2)(m0 - r_f m1), g = 1 - sqrt(s t),
+  official code; False takes a middle step there):
+      y' = g (rho y + a m0) + (a / 2)(m0 - r_f m1), g = 1 - sqrt(s t),
       r_f = 1 - sqrt(rho) / 2 if rho < 1/2 else 1 - sqrt(rho - 1/2) / 2; then D(y') is evaluated
       at that point, and the final step to zero noise returns it (the official
       ``denoise_to_zero``).
@@ -57,7 +58,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.samplers.base import SamplerContext, register
+from jaxdiff.samplers.base import SamplerContext, lookahead_segment_nfe, register
 
 Array = jax.Array
 SHORT_SOLVE = 20   # solves of at most this many steps use the short-solve zeta rule
@@ -172,13 +173,9 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict | None]:
     return y, {"d": (m0, m1), "s_prev": s_prev, "known": jnp.asarray(known + n, jnp.int32)}
 
 
-def _nfe(n: int, clean_end: bool, resumed: bool) -> int:
-    return n + (0 if clean_end else 1) - (1 if resumed else 0)
-
-
-@register("evodiff", nfe=lambda n: n, check=check, solve=solve, segment_nfe=_nfe,
-          adaptive=True, lower_order_final=True)
+@register("evodiff", nfe=lambda n: n, check=check, solve=solve,
+          segment_nfe=lookahead_segment_nfe, adaptive=True, lower_order_final=True)
 def run(ctx: SamplerContext, y: Array) -> Array:
-    """EVODiff.  Options adaptive, lower_order_final (bools).  y: (B, ...) scaled state at grid point 0 -> (B, ...)
-    state at the last grid point."""
+    """EVODiff.  Options adaptive, lower_order_final (bools).  y: (B, ...) scaled state at
+    grid point 0 -> (B, ...) state at the last grid point."""
     return solve(ctx, y)[0]

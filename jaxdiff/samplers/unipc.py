@@ -35,8 +35,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.samplers.base import SamplerContext, register
-from jaxdiff.samplers.expint import extended_log_snr, log_snr_steps, phi, steps_remaining
+from jaxdiff.samplers.base import SamplerContext, lookahead_segment_nfe, register
+from jaxdiff.samplers.expint import (extended_log_snr, log_snr_steps, multistep_order, phi,
+                                     steps_remaining)
 
 Array = jax.Array
 MAX_ORDER = 3
@@ -101,9 +102,9 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
 
     def step(carry, i):
         y, d0, d1, d2 = carry   # data predictions at points i, i - 1, i - 2
-        p = jnp.minimum(order, known + i + 1)
-        if ctx.options["lower_order_final"]:
-            p = jnp.minimum(p, jnp.maximum(steps_remaining(ctx, i), 1))
+        # the final step to sigma = 0 is taken after the scan, so no clean-end rule here
+        p = multistep_order(i, n, order, False, known,
+                            steps_remaining(ctx, i) if ctx.options["lower_order_final"] else None)
         h, r, a, c = _step_weights(lam, i + 2, p)
         ratio = sig[i + 1] / sig[i]
         psi0 = -jnp.expm1(-h)
@@ -125,13 +126,9 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
     return y, history
 
 
-def _nfe(n: int, clean_end: bool, resumed: bool) -> int:
-    return n + (0 if clean_end else 1) - (1 if resumed else 0)
-
-
-@register("unipc", nfe=lambda n: n, check=check, solve=solve, segment_nfe=_nfe, order=2,
-          lower_order_final=True)
+@register("unipc", nfe=lambda n: n, check=check, solve=solve,
+          segment_nfe=lookahead_segment_nfe, order=2, lower_order_final=True)
 def run(ctx: SamplerContext, y: Array) -> Array:
-    """UniPC-bh2.  Options order in {1, 2, 3}, lower_order_final (bool).  y: (B, ...) scaled state at grid point 0 ->
-    (B, ...) state at the last grid point."""
+    """UniPC-bh2.  Options order in {1, 2, 3}, lower_order_final (bool).  y: (B, ...) scaled
+    state at grid point 0 -> (B, ...) state at the last grid point."""
     return solve(ctx, y)[0]
