@@ -216,11 +216,16 @@ def run_torch(args) -> dict:
     images, labels = train.get(np.arange(len(train)))
     np.savez(os.path.join(work, "train.npz"), images=images, labels=labels)
     out_path = os.path.join(work, "samples.npz")
+    o = config.optim
     cmd = [torch_python(args.torch_python), "-m", "bench.torch_first_run",
            f"--data={os.path.join(work, 'train.npz')}", f"--out={out_path}",
            f"--seconds={seconds}", f"--batch={config.train.batch_size}",
            f"--sample-steps={config.sample.steps}", f"--guidance={config.guidance.scale}",
-           f"--num-samples={config.sample.num_samples}"]
+           f"--num-samples={config.sample.num_samples}", f"--lr={o.lr}", f"--b1={o.b1}",
+           f"--b2={o.b2}", f"--eps={o.eps}", f"--weight-decay={o.weight_decay}",
+           f"--grad-clip={o.grad_clip}", f"--warmup={o.warmup_steps}",
+           f"--final-lr-fraction={o.final_lr_fraction}", f"--ema={config.train.ema_decays[0]}",
+           f"--p-uncond={config.diffusion.p_uncond}"]
     print("$", " ".join(cmd), flush=True)
     res = run_worker(cmd, label="torch_first_run", cwd=REPO)
     with np.load(out_path) as d:
@@ -229,6 +234,7 @@ def run_torch(args) -> dict:
     metrics = own_feature_metrics(config, samples, sample_labels)
     own = metrics["own_features"]
     return dict(seconds_given=seconds, train_steps=res["train_steps"],
+                fitted_steps=res["fitted_steps"],
                 train_wall_s=round(res["train_s"], 1), sample_wall_s=round(res["sample_s"], 1),
                 fd=own["fd"], accuracy=metrics["class_accuracy"], precision=own["precision"],
                 recall=own["recall"], pinned=metrics["own_feature_network"]["pinned"],
@@ -275,6 +281,7 @@ def render(results: dict) -> None:
                            f"trained for the {rows['seconds_given']:.0f} s jaxdiff's training "
                            f"took in `stages`.\n\n") + _table({"diffusers": rows}, [
                 ("train_wall_s", "train s", ".0f"), ("train_steps", "steps", "d"),
+                ("fitted_steps", "steps fitted", "d"),
                 ("sample_wall_s", "sample s", ".0f"), ("fd", "FD", ".3f"),
                 ("accuracy", "accuracy", ".3f"), ("precision", "precision", ".3f"),
                 ("recall", "recall", ".3f")])

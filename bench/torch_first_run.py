@@ -16,9 +16,11 @@ The recipe is configs/mnist5k.py's, in diffusers' terms: ``UNet2DModel`` with wi
 (32, 64, 64), one residual block per level, self-attention with 4 heads at 8x8, GroupNorm 8,
 AdaGN ("scale_shift") time conditioning and an 11-row class table (row 10 the null token);
 v-prediction on the cosine schedule (``squaredcos_cap_v2``, 1,000 discrete steps); condition
-dropout 0.1; AdamW at 1e-3 with 100 warm-up steps and cosine decay to 1e-4, gradient clipping
-at 1; batch 32; EMA 0.995 with warm-up.  The step count is fitted to the wall time from the
-measured rate of steps 2-20, so the learning rate anneals fully within it.  Sampling:
+dropout, Adam(W) learning rate, betas, warm-up, cosine decay floor, gradient clipping, batch and
+EMA decay given by the jaxdiff side from configs/mnist5k.py (flags below), the EMA with warm-up.
+The step count is fitted to the wall time from the measured rate of steps 2-20, so the learning
+rate anneals fully within it (if the machine slows down later, training stops at the wall time
+before the fitted count; both counts are reported).  Sampling:
 ``DPMSolverMultistepScheduler`` (DPM-Solver++(2M)) with classifier-free guidance, the (cond,
 null) pair in one batched call.
 """
@@ -46,8 +48,7 @@ def build_unet():
         num_class_embeds=NUM_CLASSES + 1)
 
 
-def lr_at(step: int, total: int, lr: float = 1e-3, warmup: int = 100,
-          final_fraction: float = 0.1) -> float:
+def lr_at(step: int, total: int, lr: float, warmup: int, final_fraction: float) -> float:
     """Linear warm-up, then cosine decay to ``lr * final_fraction`` at ``total`` (as jaxdiff's
     ``learning_rate_schedule``)."""
     if step < warmup:
@@ -63,7 +64,8 @@ def train(args, images, labels):
     torch.manual_seed(0)
     net = build_unet().train()
     params = list(net.parameters())
-    opt = torch.optim.AdamW(params, lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=0.0, betas=(args.b1, args.b2), eps=args.eps,
+                            weight_decay=args.weight_decay)
     ema = [p.detach().clone() for p in params]
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                           prediction_type="v_prediction")
@@ -89,23 +91,24 @@ def train(args, images, labels):
         eps = torch.randn(x0.shape, generator=gen)
         x_t = sched.add_noise(x0, eps, t)
         target = sched.get_velocity(x0, eps, t)
-        drop = torch.rand(b, generator=gen) < 0.1
+        drop = torch.rand(b, generator=gen) < args.p_uncond
         cond = torch.where(drop, torch.full_like(y, NUM_CLASSES), y)
         loss = torch.nn.functional.mse_loss(net(x_t, t, class_labels=cond).sample, target)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total or 10 ** 9)
+            g["lr"] = lr_at(step, total or 10 ** 9, args.lr, args.warmup, args.final_lr_fraction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         opt.step()
         step += 1
-        decay = min(0.995, (1.0 + step) / (10.0 + step))
+        decay = min(args.ema, (1.0 + step) / (10.0 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
-    return net.eval(), step, time.perf_counter() - start, float(loss.detach())
+    return net.eval(), step, total, time.perf_counter() - start, float(loss.detach())
 
 
 def sample(args, net):
@@ -149,14 +152,25 @@ def main(argv=None) -> None:
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--sample-batch", type=int, default=250)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--b1", type=float, default=0.9)
+    p.add_argument("--b2", type=float, default=0.999)
+    p.add_argument("--eps", type=float, default=1e-8)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--final-lr-fraction", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--p-uncond", type=float, default=0.1)
     args = p.parse_args(argv)
     with np.load(args.data) as d:
         images = torch.as_tensor(d["images"]).permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(d["labels"]).long()
-    net, steps, train_s, loss = train(args, images, labels)
+    net, steps, fitted, train_s, loss = train(args, images, labels)
     samples, sample_labels, sample_s = sample(args, net)
     np.savez(args.out, images=samples, labels=sample_labels)
-    emit(dict(side="torch", train_steps=steps, train_s=train_s, sample_s=sample_s,
+    emit(dict(side="torch", train_steps=steps, fitted_steps=fitted, train_s=train_s,
+              sample_s=sample_s,
               loss_last=loss, params=sum(q.numel() for q in net.parameters()),
               torch=torch.__version__, diffusers=diffusers.__version__,
               torch_threads=torch.get_num_threads()))
