@@ -183,7 +183,10 @@ def default_sample_config() -> ml_collections.ConfigDict:
         grid_per_class=8, seed=0,
         # the sampling job (--mode=sample)
         num_samples=1000, shard_size=250, labels="balanced", checkpoint_step=-1,
-        out_name=""))
+        out_name="",
+        # DeeDiff early exit (networks with model.exit_heads): an example leaves the network at
+        # the first exit whose uncertainty is below this; 0 runs the full network
+        exit_threshold=0.0))
 
 
 def _check_sample(s, config, **_) -> None:
@@ -203,6 +206,11 @@ def _check_sample(s, config, **_) -> None:
     number(s.num_samples, "sample.num_samples", low=1, integer=True)
     number(s.shard_size, "sample.shard_size", low=1, integer=True)
     number(s.checkpoint_step, "sample.checkpoint_step", low=-1, integer=True)
+    number(s.exit_threshold, "sample.exit_threshold", low=0.0)
+    if s.exit_threshold > 0 and not config.model.get("exit_heads", False):
+        raise ConfigError(f"config.sample.exit_threshold={s.exit_threshold} needs a network "
+                          f"with exit heads (config.model.exit_heads=True, trained with "
+                          f"config.objective.name='deediff')")
     if not (s.labels == "balanced" or str(s.labels).isdigit()):
         raise ConfigError(f"config.sample.labels: expected 'balanced' or a class index, got "
                           f"{s.labels!r}")

@@ -2,7 +2,7 @@
 own-feature FD and class accuracy per solver step count.
 
 Protocol: the trained workdir of ``configs/mnist5k.py`` (the README's main job), its EMA
-parameters and its sampling protocol (CFG scale 2, so every solver step costs 2 network calls,
+parameters and its sampling protocol (its CFG scale, so every solver step costs 2 network calls,
 uniform-t grid), class-balanced samples scored in the pinned feature space against the 1,000
 held-out images.  For every solver in ``--samplers`` and every step count in ``--steps`` the
 command line's ``--mode=sample,eval`` runs as a subprocess with ``--config.sample.sampler`` and
@@ -120,7 +120,8 @@ def markdown(result: dict) -> str:
              "and the error on the exact mixture: `tests/test_samplers.py`, `docs/samplers.md`.",
              "",
              f"- Model: `{result['config']}` trained for {result['workdir_steps']} steps, EMA "
-             "parameters, CFG scale 2 (2 network calls per solver step), uniform-t grid.",
+             "parameters, the config's CFG scale (2 network calls per solver step), uniform-t "
+             "grid.",
              "- Scores: own-feature FD and class accuracy in the pinned feature space against "
              "the 1,000 held-out images.", "",
              "| solver | steps | network calls | samples | FD | accuracy | precision | recall |",

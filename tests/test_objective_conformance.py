@@ -31,6 +31,7 @@ def _config(name):
     model.channel_mult = (1,)
     model.attn_resolutions = ()
     model.num_groups = 4
+    model.update(OBJECTIVES.entry(name).meta.get("test_model_overrides", {}))
     config = C.base_config(default_data_config("signals1d"), model)
     config.objective = objective_config(name)
     return config

@@ -6,7 +6,8 @@ the example shape.  From it:
 
   spec.init_params()                    freshly initialised parameters (training from scratch)
   spec.denoiser(params)                 the run's Denoiser
-  spec.guided(params)                   the Denoiser wrapped by ``config.guidance``
+  spec.sampling_denoiser(params)        the Denoiser sampling uses (with early exit, if set)
+  spec.guided(params)                   that Denoiser wrapped by ``config.guidance``
   restore_model(spec, workdir, step)    (parameters of ``config.sample.ema_index``, step) from
                                         the checkpoint's ``model`` item alone: no optimizer state
   load_denoiser(config, workdir)        (denoiser, step) for a trained workdir in one call
@@ -131,13 +132,24 @@ class RunSpec:
     def denoiser(self, params) -> Denoiser:
         return Denoiser(NNXApply(self.graphdef), params, self.schedule, self.param)
 
+    def sampling_denoiser(self, params) -> Denoiser:
+        """The Denoiser that sampling uses: the network's, with DeeDiff early exit when
+        ``config.sample.exit_threshold`` > 0."""
+        den = self.denoiser(params)
+        threshold = float(self.config.sample.get("exit_threshold", 0.0))
+        if threshold > 0:
+            from jaxdiff.models.early_exit import early_exit_denoiser
+
+            den = early_exit_denoiser(den, threshold)
+        return den
+
     def guided(self, params, guidance_cfg=None):
-        """The Denoiser wrapped by the guidance transform ``config.guidance`` (or the given
-        section)."""
+        """The sampling Denoiser wrapped by the guidance transform ``config.guidance`` (or the
+        given section)."""
         from jaxdiff.guidance import build_guidance
 
         section = self.config.guidance if guidance_cfg is None else guidance_cfg
-        return build_guidance(self.denoiser(params), section, self)
+        return build_guidance(self.sampling_denoiser(params), section, self)
 
 
 def _build_network(config, example_shape, num_classes):

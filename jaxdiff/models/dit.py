@@ -7,6 +7,10 @@ blocks with adaLN-Zero conditioning follow (Sec. 3.2, Fig. 3): each block regres
 c = embed(c_noise) + embed(cond), with the regression zero-initialised so every block starts as
 the identity.  A final adaptive LayerNorm and a zero-initialised linear layer map tokens back to
 p x p x C patches, so a fresh DiT outputs exactly 0.
+
+With ``exit_heads=True`` every block but the last also gets an exit head (its own adaptive
+LayerNorm and zero-initialised linear map, like the final layer) and an uncertainty head: the
+staged network of DeeDiff early exit (``jaxdiff.models.early_exit``).
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from flax import nnx
 
 from jaxdiff.errors import ConfigError
 from jaxdiff.models import layers
-from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
+from jaxdiff.models.early_exit import UncertaintyHead
+from jaxdiff.models.networks import (NETWORKS, check_exit_heads, check_rank, common_defaults,
+                                     common_kwargs)
 
 Array = jax.Array
 
@@ -136,11 +142,13 @@ class DiT(nnx.Module):
       cond_dim: > 0 selects continuous conditioning vectors of this width.
       noise_scale: c_noise multiplier before the sinusoidal embedding.
       dtype: compute dtype (parameters are float32).
+      exit_heads: add DeeDiff exit and uncertainty heads after blocks 0 .. depth - 2.
     """
 
     def __init__(self, *, data_shape: tuple[int, int, int], num_classes: int, patch_size: int,
                  hidden_size: int, depth: int, num_heads: int, mlp_ratio: float, dropout: float,
-                 cond_dim: int, noise_scale: float, dtype: Any, rngs: nnx.Rngs):
+                 cond_dim: int, noise_scale: float, dtype: Any, rngs: nnx.Rngs,
+                 exit_heads: bool = False):
         _, _, channels = data_shape
         self.data_shape = tuple(data_shape)
         self.patch_size = patch_size
@@ -156,21 +164,57 @@ class DiT(nnx.Module):
             DiTBlock(hidden_size, num_heads=num_heads, mlp_ratio=mlp_ratio, rate=dropout,
                      dtype=dtype, rngs=rngs) for _ in range(depth)])
         self.final = FinalLayer(hidden_size, patch_dim, dtype=dtype, rngs=rngs)
+        if not exit_heads:
+            self.exit_heads = self.uncertainty = None
+        else:
+            self.exit_heads = nnx.List([FinalLayer(hidden_size, patch_dim, dtype=dtype, rngs=rngs)
+                                        for _ in range(depth - 1)])
+            self.uncertainty = nnx.List([
+                UncertaintyHead(hidden_size, noise_scale=noise_scale, dtype=dtype, rngs=rngs)
+                for _ in range(depth - 1)])
 
-    def __call__(self, x: Array, c_noise: Array, cond: Any = None,
-                 dropout_key: Array | None = None) -> Array:
-        """x: (B, H, W, C) float; c_noise: (B,) float; cond: None, (B,) int in [0, K] or
-        (B, cond_dim) float; dropout_key: None (deterministic) or a PRNG key (dropout active).
-        Returns (B, H, W, C) float32."""
+    @property
+    def num_stages(self) -> int:
+        return len(self.blocks)
+
+    def begin(self, x: Array, c_noise: Array, cond: Any,
+              dropout_key: Array | None = None) -> tuple[Array, Array]:
+        """Patch tokens (B, T, D) and the conditioning vector c (B, D)."""
+        del dropout_key  # no dropout before the first block
         c_noise = layers.check_inputs(x, c_noise, self.data_shape)
         h, w, _ = self.data_shape
         p = self.patch_size
         pos = sincos_position_embedding(h // p, w // p, self.hidden_size)
         tokens = self.patch_embed(patchify(x.astype(self.dtype), p)) + pos.astype(self.dtype)
-        c = self.embed(c_noise, cond)
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, c, layers.sub_key(dropout_key, i))
-        return unpatchify(self.final(tokens, c), p, h, w).astype(jnp.float32)
+        return tokens, self.embed(c_noise, cond)
+
+    def stage(self, i: int, tokens: Array, c: Array, dropout_key: Array | None) -> Array:
+        """Block i; ``dropout_key`` is the whole network's (block i uses its i-th sub-key)."""
+        return self.blocks[i](tokens, c, layers.sub_key(dropout_key, i))
+
+    def _to_image(self, patches: Array) -> Array:
+        h, w, _ = self.data_shape
+        return unpatchify(patches, self.patch_size, h, w).astype(jnp.float32)
+
+    def output(self, tokens: Array, c: Array) -> Array:
+        return self._to_image(self.final(tokens, c))
+
+    def exit_output(self, i: int, tokens: Array, c: Array) -> Array:
+        return self._to_image(self.exit_heads[i](tokens, c))
+
+    def exit_features(self, i: int, tokens: Array) -> Array:
+        del i
+        return tokens
+
+    def __call__(self, x: Array, c_noise: Array, cond: Any = None,
+                 dropout_key: Array | None = None) -> Array:
+        """x: (B, H, W, C) float; c_noise: (B,) float; cond: None, (B,) int in [0, K] or
+        (B, cond_dim) float; dropout_key: None (deterministic) or a PRNG key (dropout active).
+        Returns (B, H, W, C) float32 (the exit heads, if any, are not used)."""
+        tokens, c = self.begin(x, c_noise, cond)
+        for i in range(self.num_stages):
+            tokens = self.stage(i, tokens, c, dropout_key)
+        return self.output(tokens, c)
 
 
 def default_dit_config() -> ml_collections.ConfigDict:
@@ -181,6 +225,7 @@ def default_dit_config() -> ml_collections.ConfigDict:
     cfg.depth = 2
     cfg.num_heads = 4
     cfg.mlp_ratio = 4.0
+    cfg.exit_heads = False   # DeeDiff exit + uncertainty heads after every block but the last
     return cfg
 
 
@@ -200,6 +245,7 @@ def check_config(cfg, data_shape: tuple[int, int, int]) -> None:
     if cfg.hidden_size % cfg.num_heads:
         raise ConfigError(f"config.model.num_heads ({cfg.num_heads}) must divide hidden_size "
                          f"({cfg.hidden_size})")
+    check_exit_heads(cfg)
     if not isinstance(cfg.mlp_ratio, (int, float)) or int(cfg.hidden_size * cfg.mlp_ratio) < 1:
         raise ConfigError(f"config.model.mlp_ratio must be a positive number, "
                          f"got {cfg.mlp_ratio!r}")
@@ -216,8 +262,8 @@ def build(cfg, example_shape, num_classes: int, rngs: nnx.Rngs) -> DiT:
     return DiT(
         data_shape=tuple(int(d) for d in example_shape), num_classes=int(num_classes),
         patch_size=cfg.patch_size, hidden_size=cfg.hidden_size, depth=cfg.depth,
-        num_heads=cfg.num_heads, mlp_ratio=float(cfg.mlp_ratio), rngs=rngs,
-        **common_kwargs(cfg))
+        num_heads=cfg.num_heads, mlp_ratio=float(cfg.mlp_ratio),
+        exit_heads=bool(cfg.exit_heads), rngs=rngs, **common_kwargs(cfg))
 
 
 NETWORKS.register(

@@ -94,6 +94,13 @@ def check_common(cfg, example_shape, num_classes: int) -> None:
                          f"{list(DTYPES)}")
 
 
+def check_exit_heads(cfg) -> None:
+    """A staged network's ``exit_heads`` field must be a bool (DeeDiff early exit)."""
+    if not isinstance(cfg.exit_heads, bool):
+        raise ConfigError(f"config.model.exit_heads must be True or False, "
+                          f"got {cfg.exit_heads!r}")
+
+
 def check_rank(example_shape, rank: int, layout: str) -> tuple[int, ...]:
     """``example_shape`` as a tuple of ints of length ``rank``, else ValueError naming
     ``data_shape`` and the expected ``layout`` (e.g. '(H, W, C)')."""

@@ -31,7 +31,9 @@ from flax import nnx
 
 from jaxdiff.errors import ConfigError
 from jaxdiff.models import layers
-from jaxdiff.models.networks import NETWORKS, check_rank, common_defaults, common_kwargs
+from jaxdiff.models.early_exit import UncertaintyHead
+from jaxdiff.models.networks import (NETWORKS, check_exit_heads, check_rank, common_defaults,
+                                     common_kwargs)
 
 Array = jax.Array
 
@@ -136,6 +138,24 @@ class Upsample(nnx.Module):
         return x if self.conv is None else self.conv(x)
 
 
+class ExitHead(nnx.Module):
+    """A DeeDiff exit head on a decoder stage: SiLU(GN(h)) -> zero-initialised conv_k to the
+    output channels -> nearest-neighbour upsampling by ``factor`` to the full resolution.
+    (B, *S / factor, ch) -> (B, *S, C) float32."""
+
+    def __init__(self, ch: int, out_ch: int, factor: int, *, kernel: tuple[int, ...],
+                 num_groups: int, dtype: Any, rngs: nnx.Rngs):
+        self.factor = factor
+        self.norm = layers.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
+        self.conv = nnx.Conv(ch, out_ch, kernel, kernel_init=_zeros, dtype=dtype, rngs=rngs)
+
+    def __call__(self, h: Array) -> Array:
+        h = self.conv(jax.nn.silu(self.norm(h)))
+        for axis in range(1, h.ndim - 1):
+            h = jnp.repeat(h, self.factor, axis=axis)
+        return h.astype(jnp.float32)
+
+
 class UNet(nnx.Module):
     """Conditional U-Net denoiser network F(x, c_noise, cond).
 
@@ -157,13 +177,16 @@ class UNet(nnx.Module):
       cond_dim: > 0 selects continuous conditioning vectors of this width.
       noise_scale: c_noise multiplier before the sinusoidal embedding.
       dtype: compute dtype (parameters are float32).
+      exit_heads: add DeeDiff exit and uncertainty heads after every decoder stage but the
+        last (``jaxdiff.models.early_exit``; the encoder always runs, its skips feed the
+        decoder).
     """
 
     def __init__(self, *, data_shape: tuple[int, ...], num_classes: int,
                  base_channels: int, channel_mult: tuple[int, ...], num_res_blocks: int,
                  attn_resolutions: tuple[int, ...], num_heads: int, dropout: float,
                  num_groups: int, resample: str, kernel_size: int = 3, cond_dim: int,
-                 noise_scale: float, dtype: Any, rngs: nnx.Rngs):
+                 noise_scale: float, dtype: Any, rngs: nnx.Rngs, exit_heads: bool = False):
         size, *_, channels = data_shape
         kernel = (kernel_size,) * (len(data_shape) - 1)
         self.data_shape = tuple(data_shape)
@@ -195,25 +218,40 @@ class UNet(nnx.Module):
         self.mid_res = ResBlock(ch, ch, kernel=kernel, emb_dim=emb_dim, num_groups=num_groups,
                                 rate=dropout, dtype=dtype, rngs=rngs)
 
-        up = []
+        up, exits = [], []   # exits: (width, upsampling factor) after each decoder stage
         for level in reversed(range(len(channel_mult))):
-            for _ in range(num_res_blocks + 1):
+            for j in range(num_res_blocks + 1):
                 out = base_channels * channel_mult[level]
                 up.append(Stage(ch + skips.pop(), out, attend=res in attn_resolutions, **common))
                 ch = out
-            if level != 0:
-                up.append(Upsample(ch, **resampling))
-                res *= 2
+                if j == num_res_blocks and level != 0:
+                    up.append(Upsample(ch, **resampling))
+                    res *= 2
+                exits.append((ch, size // res))
         self.up = nnx.List(up)
+        self.num_down_stages = sum(isinstance(layer, Stage) for layer in self.down)
+        if not exit_heads:
+            self.exit_heads = self.uncertainty = None
+        else:
+            self.exit_heads = nnx.List([
+                ExitHead(width, channels, factor, kernel=kernel, num_groups=num_groups,
+                         dtype=dtype, rngs=rngs) for width, factor in exits[:-1]])
+            self.uncertainty = nnx.List([
+                UncertaintyHead(width, noise_scale=noise_scale, dtype=dtype, rngs=rngs)
+                for width, _ in exits[:-1]])
 
         self.norm_out = layers.GroupNorm(ch, num_groups, dtype=dtype, rngs=rngs)
         self.conv_out = nnx.Conv(ch, channels, kernel, kernel_init=_zeros, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array, c_noise: Array, cond: Any = None,
-                 dropout_key: Array | None = None) -> Array:
-        """x: (B, *S, C) float; c_noise: (B,) (or scalar) float; cond: None (null token / zero
-        vector), (B,) int in [0, K] or (B, cond_dim) float; dropout_key: None (deterministic) or
-        a PRNG key (dropout active).  Returns (B, *S, C) float32."""
+    # The staged pass (``jaxdiff.models.early_exit``): ``begin`` runs the embedding, the
+    # encoder and the middle; each decoder Stage (with the Upsample that follows it) is one
+    # stage; the state is (h, the encoder skips not yet consumed).
+
+    @property
+    def num_stages(self) -> int:
+        return sum(isinstance(layer, Stage) for layer in self.up)
+
+    def begin(self, x: Array, c_noise: Array, cond: Any, dropout_key: Array | None = None):
         c_noise = layers.check_inputs(x, c_noise, self.data_shape)
         emb = self.embed(c_noise, cond)
         h = self.conv_in(x.astype(self.dtype))
@@ -227,16 +265,41 @@ class UNet(nnx.Module):
             skips.append(h)
         h = self.mid_stage(h, emb, layers.sub_key(dropout_key, block))
         h = self.mid_res(h, emb, layers.sub_key(dropout_key, block + 1))
-        block += 2
-        for layer in self.up:
-            if isinstance(layer, Stage):
-                h = layer(jnp.concatenate([h, skips.pop()], axis=-1), emb,
-                          layers.sub_key(dropout_key, block))
-                block += 1
-            else:
-                h = layer(h)
-        h = self.conv_out(jax.nn.silu(self.norm_out(h)))
-        return h.astype(jnp.float32)
+        return (h, tuple(skips)), emb
+
+    def stage(self, i: int, state, emb: Array, key: Array | None):
+        """Decoder stage i; ``key`` is the dropout key of the whole network (its sub-keys
+        continue the encoder's numbering)."""
+        h, skips = state
+        stages = [j for j, layer in enumerate(self.up) if isinstance(layer, Stage)]
+        j = stages[i]
+        h = self.up[j](jnp.concatenate([h, skips[-1]], axis=-1), emb,
+                       layers.sub_key(key, self.num_down_stages + 2 + i))
+        if j + 1 < len(self.up) and not isinstance(self.up[j + 1], Stage):
+            h = self.up[j + 1](h)
+        return h, skips[:-1]
+
+    def output(self, state, emb: Array) -> Array:
+        del emb
+        return self.conv_out(jax.nn.silu(self.norm_out(state[0]))).astype(jnp.float32)
+
+    def exit_output(self, i: int, state, emb: Array) -> Array:
+        del emb
+        return self.exit_heads[i](state[0])
+
+    def exit_features(self, i: int, state) -> Array:
+        del i
+        return state[0]
+
+    def __call__(self, x: Array, c_noise: Array, cond: Any = None,
+                 dropout_key: Array | None = None) -> Array:
+        """x: (B, *S, C) float; c_noise: (B,) (or scalar) float; cond: None (null token / zero
+        vector), (B,) int in [0, K] or (B, cond_dim) float; dropout_key: None (deterministic) or
+        a PRNG key (dropout active).  Returns (B, *S, C) float32 (exit heads are not used)."""
+        state, emb = self.begin(x, c_noise, cond, dropout_key)
+        for i in range(self.num_stages):
+            state = self.stage(i, state, emb, dropout_key)
+        return self.output(state, emb)
 
 
 def default_unet_config() -> ml_collections.ConfigDict:
@@ -249,6 +312,7 @@ def default_unet_config() -> ml_collections.ConfigDict:
     cfg.num_heads = 2
     cfg.num_groups = 8
     cfg.resample = "conv"        # 'conv' | 'pool'
+    cfg.exit_heads = False       # DeeDiff exit + uncertainty heads after every decoder stage
     return cfg
 
 
@@ -283,6 +347,7 @@ def check_config(cfg, data_shape: tuple[int, ...], axes: str) -> None:
     if not all(is_positive_int(r) for r in tuple(cfg.attn_resolutions)):
         raise ConfigError(f"config.model.attn_resolutions must hold positive ints, "
                          f"got {tuple(cfg.attn_resolutions)}")
+    check_exit_heads(cfg)
     if cfg.resample not in RESAMPLE:
         raise ConfigError(f"config.model.resample: unknown {cfg.resample!r}; choose one of "
                          f"{list(RESAMPLE)}")
@@ -303,7 +368,8 @@ def build(cfg, example_shape, num_classes: int, rngs: nnx.Rngs) -> UNet:
         base_channels=cfg.base_channels, channel_mult=tuple(cfg.channel_mult),
         num_res_blocks=cfg.num_res_blocks, attn_resolutions=tuple(cfg.attn_resolutions),
         num_heads=cfg.num_heads, num_groups=cfg.num_groups, resample=cfg.resample,
-        kernel_size=int(cfg.get("kernel_size", 3)), rngs=rngs, **common_kwargs(cfg))
+        kernel_size=int(cfg.get("kernel_size", 3)), exit_heads=bool(cfg.exit_heads), rngs=rngs,
+        **common_kwargs(cfg))
 
 
 NETWORKS.register(

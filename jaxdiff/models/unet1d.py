@@ -30,6 +30,7 @@ def default_unet1d_config() -> ml_collections.ConfigDict:
     cfg.num_groups = 8
     cfg.kernel_size = 3           # conv taps along L (odd)
     cfg.resample = "conv"         # 'conv' | 'pool'
+    cfg.exit_heads = False        # DeeDiff exit + uncertainty heads after every decoder stage
     return cfg
 
 

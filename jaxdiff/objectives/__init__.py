@@ -3,7 +3,7 @@
 Importing this package registers every objective in ``OBJECTIVES``; ``config.objective.name``
 picks one.
 """
-from jaxdiff.objectives import denoising  # noqa: F401  (registers 'denoising')
+from jaxdiff.objectives import deediff, denoising  # noqa: F401  (register their objectives)
 from jaxdiff.objectives.base import (OBJECTIVES, Objective, build_objective, objective_config,
                                      register_objective)
 

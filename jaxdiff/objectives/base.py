@@ -57,13 +57,15 @@ class Objective:
 
 
 def register_objective(name: str, *, defaults: Callable | None = None,
-                       check: Callable | None = None):
+                       check: Callable | None = None, **meta):
     """Registers ``build(spec, config) -> Objective`` under ``name`` (a decorator).
 
     defaults: () -> ConfigDict of the objective's own fields, merged into ``config.objective``.
     check: check(section, config) raising ConfigError naming a bad ``config.objective`` field.
+    meta: e.g. ``test_model_overrides`` = {model field: value} the objective needs of the network
+      (read by tests/test_objective_conformance.py).
     """
-    return OBJECTIVES.register(name, defaults=defaults, check=check)
+    return OBJECTIVES.register(name, defaults=defaults, check=check, **meta)
 
 
 def objective_config(name: str = "denoising", **fields):

@@ -58,6 +58,50 @@ def sample_times(key: Array, schedule: Schedule, kind: str = "uniform", *,
     raise ValueError(f"unknown time sampler {kind!r}; choose one of {TIME_SAMPLERS}")
 
 
+def noised_batch(denoiser: Denoiser, x0: Array, cond: Any, key: Array, *,
+                 indices: Array | None = None, weighting: str = "native",
+                 time_sampler: str = "uniform", p_uncond: float = 0.0, null: Any = None,
+                 min_snr_gamma: float = 5.0, p_mean: float = -1.2,
+                 p_std: float = 1.2) -> dict:
+    """One training batch's noising: what every denoising-type loss regresses.
+
+    Args: as ``denoising_loss``.
+    Returns dict(
+      x_t=(B, ...) noisy inputs, t=(B,) times, cond=the condition after CFG dropout,
+      target=(B, ...) the network-output target F*, weight=(B,) per-example weight on
+      mean((F - F*)^2) (the x0-space weighting times c_out^2), key_dropout=the network's
+      dropout key).
+    """
+    b = x0.shape[0]
+    if indices is None:
+        indices = jnp.arange(b)
+    key_examples, key_dropout = jax.random.split(key)
+    keys = example_keys(key_examples, indices)
+    parts = jax.vmap(lambda k: jax.random.split(k, 3))(keys)               # (B, 3) keys
+    sched, param = denoiser.schedule, denoiser.param
+    t = jax.vmap(lambda k: sample_times(k, sched, time_sampler, p_mean=p_mean,
+                                        p_std=p_std))(parts[:, 0])
+    eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(parts[:, 1])
+    if p_uncond > 0 and cond is not None:
+        if null is None:
+            raise ValueError("p_uncond > 0 needs the null condition")
+        keep = jax.vmap(lambda k: jax.random.uniform(k, ()) >= p_uncond)(parts[:, 2])
+        cond = drop_condition(keep, cond, null)
+    t = batch_times(t, x0)
+    alpha, sigma = sched.alpha_sigma(t)
+    x_t = diffuse(sched, x0, t, eps)
+    target = param.target(x0, eps, alpha, sigma)
+    _, _, c_out = param.coefficients(alpha, sigma)
+    weight = P.loss_weight(weighting, sched.logsnr(t), param, gamma=min_snr_gamma) * c_out**2
+    return dict(x_t=x_t, t=t, cond=cond, target=target, weight=weight,
+                key_dropout=key_dropout)
+
+
+def mean_squared_error(out: Array, target: Array) -> Array:
+    """(B,) mean over the non-batch dimensions of (out - target)^2 (out cast to float32)."""
+    return jnp.mean((out.astype(jnp.float32) - target) ** 2, axis=tuple(range(1, target.ndim)))
+
+
 def denoising_loss(denoiser: Denoiser, x0: Array, cond: Any, key: Array, *,
                    indices: Array | None = None, weighting: str = "native",
                    time_sampler: str = "uniform", p_uncond: float = 0.0, null: Any = None,
@@ -80,32 +124,22 @@ def denoising_loss(denoiser: Denoiser, x0: Array, cond: Any, key: Array, *,
     Returns:
       (scalar loss, {'loss_per_example': (B,), 't': (B,)}).
     """
-    b = x0.shape[0]
-    if indices is None:
-        indices = jnp.arange(b)
-    key_examples, key_dropout = jax.random.split(key)
-    keys = example_keys(key_examples, indices)
-    parts = jax.vmap(lambda k: jax.random.split(k, 3))(keys)               # (B, 3) keys
-    sched, param = denoiser.schedule, denoiser.param
-    t = jax.vmap(lambda k: sample_times(k, sched, time_sampler, p_mean=p_mean,
-                                        p_std=p_std))(parts[:, 0])
-    eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(parts[:, 1])
-    if p_uncond > 0 and cond is not None:
-        if null is None:
-            raise ValueError("p_uncond > 0 needs the null condition")
-        keep = jax.vmap(lambda k: jax.random.uniform(k, ()) >= p_uncond)(parts[:, 2])
-        cond = drop_condition(keep, cond, null)
-    t = batch_times(t, x0)
-    alpha, sigma = sched.alpha_sigma(t)
-    x_t = diffuse(sched, x0, t, eps)
-    net_kwargs = {"dropout_key": key_dropout} if dropout else {}
-    out = denoiser.network_output(x_t, t, cond, **net_kwargs).astype(jnp.float32)
-    target = param.target(x0, eps, alpha, sigma)
-    _, _, c_out = param.coefficients(alpha, sigma)
-    w = P.loss_weight(weighting, sched.logsnr(t), param, gamma=min_snr_gamma) * c_out**2
-    se = jnp.mean((out - target) ** 2, axis=tuple(range(1, x0.ndim)))
-    per_example = w * se
-    return jnp.mean(per_example), {"loss_per_example": per_example, "t": t}
+    nb = noised_batch(denoiser, x0, cond, key, indices=indices, weighting=weighting,
+                      time_sampler=time_sampler, p_uncond=p_uncond, null=null,
+                      min_snr_gamma=min_snr_gamma, p_mean=p_mean, p_std=p_std)
+    net_kwargs = {"dropout_key": nb["key_dropout"]} if dropout else {}
+    out = denoiser.network_output(nb["x_t"], nb["t"], nb["cond"], **net_kwargs)
+    per_example = nb["weight"] * mean_squared_error(out, nb["target"])
+    return jnp.mean(per_example), {"loss_per_example": per_example, "t": nb["t"]}
+
+
+def noising_kwargs(spec, config) -> dict:
+    """``noised_batch`` keywords from ``config.diffusion`` (weighting, time sampler, CFG
+    dropout) and the run's null condition."""
+    d = config.diffusion
+    return dict(weighting=d.weighting, time_sampler=d.time_sampler, p_uncond=float(d.p_uncond),
+                null=spec.null, min_snr_gamma=float(d.min_snr_gamma), p_mean=float(d.p_mean),
+                p_std=float(d.p_std))
 
 
 class DenoisingObjective(Objective):
@@ -114,12 +148,8 @@ class DenoisingObjective(Objective):
     Denoiser; no extra state."""
 
     def __init__(self, spec, config):
-        d = config.diffusion
         self.spec = spec
-        self.kwargs = dict(weighting=d.weighting, time_sampler=d.time_sampler,
-                           p_uncond=float(d.p_uncond), null=spec.null,
-                           min_snr_gamma=float(d.min_snr_gamma), p_mean=float(d.p_mean),
-                           p_std=float(d.p_std), dropout=float(config.model.dropout) > 0)
+        self.kwargs = dict(noising_kwargs(spec, config), dropout=float(config.model.dropout) > 0)
 
     def loss(self, params, extra, batch, key, step):
         del extra, step

@@ -1,0 +1,101 @@
+"""DeeDiff: Dynamic Uncertainty-Aware Early Exiting for Accelerating Diffusion Model Generation
+(Tang et al. 2023, arXiv 2309.17074): the joint loss of the backbone, its exit heads and their
+uncertainty heads (``config.objective.name = 'deediff'``, with ``config.model.exit_heads``).
+
+On the batch of ``denoising`` (same times, noise, condition dropout and weighting w), with g_i
+the exit prediction after stage i (i < N - 1), F the network's output, F* its target and u_i the
+exit's uncertainty (``jaxdiff.models.early_exit``):
+
+  L_simple = w ||F - F*||^2                                                  (the denoising loss)
+  u_hat_i  = tanh(mean |g_i - F*|)                 pseudo uncertainty target (Eq. 6), no gradient
+  L_u      = sum_i (u_i - u_hat_i)^2                                                     (Eq. 7)
+  L_UAL    = sum_{i < N-1} (1 - u_i) w ||g_i - F*||^2    uncertainty-aware layer-wise loss (Eq. 8)
+  L        = L_simple + lambda L_u + beta L_UAL                                          (Eq. 9)
+
+averaged over the batch, ||.||^2 the mean over an example's elements.  The paper writes the
+regression in eps; here it is the network's own target F* (eps, x0, v or EDM's F), so the loss
+is the run's denoising loss at every exit.  The weight (1 - u_i) of L_UAL is held constant in
+the gradient (stop-gradient): left free, L_UAL would be lowered by raising u_i, which fights
+L_u; the uncertainty heads learn from L_u alone.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jaxdiff.errors import ConfigError
+from jaxdiff.models.early_exit import all_exits
+from jaxdiff.objectives.base import Objective, register_objective
+from jaxdiff.objectives.denoising import mean_squared_error, noised_batch, noising_kwargs
+
+Array = jax.Array
+
+
+def deediff_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        uncertainty_weight=1.0,   # lambda of Eq. 9 (L_u)
+        layer_weight=1.0,         # beta of Eq. 9 (L_UAL)
+    ))
+
+
+def check_deediff(section, config) -> None:
+    from jaxdiff.config import number
+
+    for field in ("uncertainty_weight", "layer_weight"):
+        number(section[field], f"objective.{field}", low=0.0)
+    if not config.model.get("exit_heads", False):
+        raise ConfigError("config.objective.name='deediff' needs a network with exit heads: "
+                          "set config.model.exit_heads=True (networks 'dit', 'unet', 'unet1d')")
+
+
+def deediff_terms(net, nb: dict, dropout_key=None) -> dict:
+    """The per-example terms of Eq. 9 for a staged network ``net`` on a ``noised_batch`` with
+    the network inputs added: ``nb['x_in']`` (B, ...) and ``nb['c_noise']`` (B,).
+
+    Returns dict(simple=(B,), uncertainty=(B,) L_u, layerwise=(B,) L_UAL, u=(N-1, B),
+    u_hat=(N-1, B), exit_mse=(N-1, B) unweighted mean squared error of each exit).
+    """
+    preds, u = all_exits(net, nb["x_in"], nb["c_noise"], nb["cond"], dropout_key)
+    target, weight = nb["target"], nb["weight"]
+    se = jax.vmap(lambda p: mean_squared_error(p, target))(preds)            # (N, B)
+    abs_err = jax.vmap(lambda p: jnp.mean(jnp.abs(p - target),
+                                          axis=tuple(range(1, target.ndim))))(preds[:-1])
+    u_hat = jax.lax.stop_gradient(jnp.tanh(abs_err))
+    return dict(simple=weight * se[-1],
+                uncertainty=jnp.sum((u - u_hat) ** 2, axis=0),
+                layerwise=jnp.sum((1.0 - jax.lax.stop_gradient(u)) * weight * se[:-1], axis=0),
+                u=u, u_hat=u_hat, exit_mse=se[:-1])
+
+
+class DeeDiffObjective(Objective):
+    """L_simple + lambda L_u + beta L_UAL on the run's batch (see the module docstring)."""
+
+    def __init__(self, spec, config):
+        self.spec = spec
+        self.noising = noising_kwargs(spec, config)
+        self.dropout = float(config.model.dropout) > 0
+        self.lam = float(config.objective.uncertainty_weight)
+        self.beta = float(config.objective.layer_weight)
+
+    def loss(self, params, extra, batch, key, step):
+        del extra, step
+        denoiser = self.spec.denoiser(params)
+        nb = noised_batch(denoiser, batch["x"], self.spec.condition(batch["label"]), key,
+                          **self.noising)
+        alpha, sigma = denoiser.schedule.alpha_sigma(nb["t"])
+        nb["x_in"] = denoiser.param.network_input(nb["x_t"], alpha, sigma)
+        nb["c_noise"] = denoiser.param.noise_input(nb["t"], alpha, sigma)
+        net = nnx.merge(self.spec.graphdef, params)
+        terms = deediff_terms(net, nb, nb["key_dropout"] if self.dropout else None)
+        loss = jnp.mean(terms["simple"] + self.lam * terms["uncertainty"]
+                        + self.beta * terms["layerwise"])
+        return loss, dict(loss_simple=jnp.mean(terms["simple"]),
+                          loss_uncertainty=jnp.mean(terms["uncertainty"]),
+                          loss_layerwise=jnp.mean(terms["layerwise"]),
+                          mean_uncertainty=jnp.mean(terms["u"]))
+
+
+register_objective("deediff", defaults=deediff_defaults, check=check_deediff,
+                   test_model_overrides=dict(exit_heads=True))(DeeDiffObjective)
