@@ -92,14 +92,18 @@ class Denoiser(DenoiserBase):
     def schedule(self) -> Schedule:
         return self.schedule_
 
+    def network_inputs(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """(x_in, c_noise): the preconditioned input (B, ...) and noise input (B,) that the raw
+        network sees at (x, t)."""
+        t = batch_times(t, x)
+        alpha, sigma = self.schedule_.alpha_sigma(t)
+        return self.param.network_input(x, alpha, sigma), self.param.noise_input(t, alpha, sigma)
+
     def network_output(self, x: Array, t: Array, cond: Any = None, **net_kwargs) -> Array:
         """F evaluated on the preconditioned inputs; ``net_kwargs`` (e.g. ``dropout_key``) are
         passed to ``apply_fn``."""
-        t = batch_times(t, x)
         check_cond_batch(cond, x.shape[0])
-        alpha, sigma = self.schedule_.alpha_sigma(t)
-        x_in = self.param.network_input(x, alpha, sigma)
-        c_noise = self.param.noise_input(t, alpha, sigma)
+        x_in, c_noise = self.network_inputs(x, t)
         return self.apply_fn(self.params, x_in, c_noise, cond, **net_kwargs)
 
     def x0(self, x: Array, t: Array, cond: Any = None) -> Array:

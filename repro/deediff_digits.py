@@ -132,7 +132,6 @@ def exit_profile(spec, params, thresholds: list[float]) -> dict:
     grid = sampling_grid(spec.schedule, int(s.steps), s.grid)
     times = np.asarray(grid.t[:-1] if grid.clean_end else grid.t)
     net = nnx.merge(spec.graphdef, params)
-    param = spec.param
     cond = jnp.concatenate([jnp.asarray(labels, jnp.int32),
                             jnp.full((BATCH,), spec.null, jnp.int32)])
 
@@ -140,9 +139,7 @@ def exit_profile(spec, params, thresholds: list[float]) -> dict:
     def one(t, threshold, key):
         tb = jnp.full((BATCH,), t)
         x_t = diffuse(spec.schedule, x0, tb, jax.random.normal(key, x0.shape))
-        alpha, sigma = spec.schedule.alpha_sigma(tb)
-        x_in = param.network_input(x_t, alpha, sigma)
-        c_noise = param.noise_input(tb, alpha, sigma)
+        x_in, c_noise = spec.denoiser(params).network_inputs(x_t, tb)
         _, exit_stage, run = E.early_exit(net, jnp.concatenate([x_in, x_in]),
                                           jnp.concatenate([c_noise, c_noise]), cond, threshold)
         return run, jnp.mean(exit_stage.astype(jnp.float32) + 1.0)

@@ -31,14 +31,11 @@ def _model_config(name, exit_heads=True):
 
 def _random_like(abstract, scale=0.1, seed=1):
     """Parameters N(0, scale^2) of the layout ``abstract`` (a pytree of arrays or shape
-    structs), cut from one long normal draw: no layer stays zero-initialised (zero heads would
-    make all exits equal) and no initialiser runs op by op."""
-    leaves, treedef = jax.tree.flatten(abstract)
-    sizes = [int(np.prod(v.shape)) for v in leaves]
-    flat = scale * np.asarray(jax.random.normal(jax.random.key(seed), (sum(sizes),)))
-    parts = np.split(flat, np.cumsum(sizes)[:-1])
-    return jax.tree.unflatten(treedef, [jnp.asarray(p.reshape(v.shape), v.dtype)
-                                        for p, v in zip(parts, leaves)])
+    structs), drawn on the host as tests/test_models.py does: no layer stays zero-initialised
+    (zero heads would make all exits equal) and no initialiser runs."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda v: jnp.asarray(scale * rng.standard_normal(v.shape), v.dtype),
+                        abstract)
 
 
 def _random_net(cfg, shape):
@@ -181,10 +178,8 @@ def test_loss_terms_are_the_papers_equations(objective_setup):
     den = spec.denoiser(params)
     nb = noised_batch(den, batch["x"], batch["label"], jax.random.key(5),
                       **noising_kwargs(spec, config))
-    alpha, sigma = den.schedule.alpha_sigma(nb["t"])
     net = nnx.merge(spec.graphdef, params)
-    preds, u = E.all_exits(net, den.param.network_input(nb["x_t"], alpha, sigma),
-                           den.param.noise_input(nb["t"], alpha, sigma), nb["cond"])
+    preds, u = E.all_exits(net, *den.network_inputs(nb["x_t"], nb["t"]), nb["cond"])
     target = np.asarray(nb["target"])
     preds, u, w = np.asarray(preds, np.float64), np.asarray(u, np.float64), np.asarray(nb["weight"])
     axes = tuple(range(2, preds.ndim))

@@ -229,6 +229,7 @@ class UNet(nnx.Module):
                     res *= 2
                 exits.append((ch, size // res))
         self.up = nnx.List(up)
+        self.up_stages = tuple(j for j, layer in enumerate(up) if isinstance(layer, Stage))
         self.num_down_stages = sum(isinstance(layer, Stage) for layer in self.down)
         if not exit_heads:
             self.exit_heads = self.uncertainty = None
@@ -249,7 +250,7 @@ class UNet(nnx.Module):
 
     @property
     def num_stages(self) -> int:
-        return sum(isinstance(layer, Stage) for layer in self.up)
+        return len(self.up_stages)
 
     def begin(self, x: Array, c_noise: Array, cond: Any, dropout_key: Array | None = None):
         c_noise = layers.check_inputs(x, c_noise, self.data_shape)
@@ -271,8 +272,7 @@ class UNet(nnx.Module):
         """Decoder stage i; ``key`` is the dropout key of the whole network (its sub-keys
         continue the encoder's numbering)."""
         h, skips = state
-        stages = [j for j, layer in enumerate(self.up) if isinstance(layer, Stage)]
-        j = stages[i]
+        j = self.up_stages[i]
         h = self.up[j](jnp.concatenate([h, skips[-1]], axis=-1), emb,
                        layers.sub_key(key, self.num_down_stages + 2 + i))
         if j + 1 < len(self.up) and not isinstance(self.up[j + 1], Stage):

@@ -84,9 +84,7 @@ class DeeDiffObjective(Objective):
         denoiser = self.spec.denoiser(params)
         nb = noised_batch(denoiser, batch["x"], self.spec.condition(batch["label"]), key,
                           **self.noising)
-        alpha, sigma = denoiser.schedule.alpha_sigma(nb["t"])
-        nb["x_in"] = denoiser.param.network_input(nb["x_t"], alpha, sigma)
-        nb["c_noise"] = denoiser.param.noise_input(nb["t"], alpha, sigma)
+        nb["x_in"], nb["c_noise"] = denoiser.network_inputs(nb["x_t"], nb["t"])
         net = nnx.merge(self.spec.graphdef, params)
         terms = deediff_terms(net, nb, nb["key_dropout"] if self.dropout else None)
         loss = jnp.mean(terms["simple"] + self.lam * terms["uncertainty"]
