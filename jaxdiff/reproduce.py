@@ -94,6 +94,22 @@ class ReproductionFailed(RuntimeError):
     subprocess's exit status); reported as one line, exit status 1."""
 
 
+def run_command_line(flags: list[str]) -> float:
+    """Runs ``python -m jaxdiff.main FLAGS`` as a subprocess (a reproduction's training,
+    sampling or classify job); returns its wall seconds.  On failure the tail of its output goes
+    to stderr and ``ReproductionFailed`` names the command and its exit status."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "jaxdiff.main", *flags]
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        shown = " ".join(["python3", "-m", "jaxdiff.main", *flags])
+        raise ReproductionFailed(f"`{shown}` exited with status {proc.returncode}")
+    return time.time() - start
+
+
 class Progress:
     """A tqdm bar over a reproduction's stages: ``with progress.stage(name): ...`` shows the
     stage while it runs and advances the bar when it ends."""

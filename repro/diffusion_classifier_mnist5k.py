@@ -22,14 +22,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 
 from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               ReproductionFailed)
+                               ReproductionFailed, run_command_line)
 
 PAPER = Paper("Your Diffusion Model is Secretly a Zero-Shot Classifier",
               "Li, Prabhudesai, Duggal, Brown and Pathak", "ICCV 2023")
@@ -84,17 +82,12 @@ def stages(args) -> list[str]:
 
 def classify_cli(args) -> tuple[dict, str, float]:
     """Runs ``--mode=classify`` as a subprocess; returns (its JSON result, the command, seconds)."""
-    cmd = [sys.executable, "-m", "jaxdiff.main", f"--config={args.config}",
-           f"--workdir={args.workdir}", "--mode=classify",
-           *[f"--config.{item}" for item in overrides(args)]]
-    shown = " ".join(["python3", *cmd[1:]])
+    flags = [f"--config={args.config}", f"--workdir={args.workdir}", "--mode=classify",
+             *[f"--config.{item}" for item in overrides(args)]]
+    shown = " ".join(["python3", "-m", "jaxdiff.main", *flags])
     out_dir = os.path.join(args.workdir, "classify")
     start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.time() - start
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise ReproductionFailed(f"`{shown}` exited with status {proc.returncode}")
+    seconds = run_command_line(flags)
     fresh = [p for p in glob.glob(os.path.join(out_dir, "*.json"))
              if os.path.getmtime(p) >= start - 1]
     if not fresh:

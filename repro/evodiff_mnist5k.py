@@ -16,12 +16,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
-import time
 
 from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               ReproductionFailed)
+                               ReproductionFailed, run_command_line)
 
 PAPER = Paper("EVODiff: Entropy-aware Variance Optimized Diffusion Inference",
               "Li et al.", "NeurIPS 2025")
@@ -61,15 +58,10 @@ def check(args) -> None:
 
 def sample_eval(args, sampler: str, steps: int, samples: int) -> dict:
     """One ``--mode=sample,eval`` subprocess; returns its eval.json's numbers."""
-    cmd = [sys.executable, "-m", "jaxdiff.main", f"--config={args.config}",
-           f"--workdir={args.workdir}", "--mode=sample,eval",
-           f"--config.sample.sampler={sampler}", f"--config.sample.steps={steps}",
-           f"--config.sample.num_samples={samples}", "--config.train.progress_bar=False"]
-    start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-        raise ReproductionFailed(f"`{' '.join(cmd[1:])}` exited with status {proc.returncode}")
+    seconds = run_command_line([
+        f"--config={args.config}", f"--workdir={args.workdir}", "--mode=sample,eval",
+        f"--config.sample.sampler={sampler}", f"--config.sample.steps={steps}",
+        f"--config.sample.num_samples={samples}", "--config.train.progress_bar=False"])
     paths = glob.glob(os.path.join(args.workdir, "samples", "*", "eval.json"))
     with open(max(paths, key=os.path.getmtime)) as f:
         r = json.load(f)
@@ -79,7 +71,7 @@ def sample_eval(args, sampler: str, steps: int, samples: int) -> dict:
     return dict(sampler=sampler, steps=steps, samples=r["num_samples"],
                 network_calls=r["protocol"]["network_evaluations_per_sample"], fd=own["fd"],
                 accuracy=r.get("class_accuracy"), precision=own.get("precision"),
-                recall=own.get("recall"), seconds=round(time.time() - start, 1))
+                recall=own.get("recall"), seconds=round(seconds, 1))
 
 
 def run(args, progress) -> dict:
