@@ -35,6 +35,7 @@ CLAIM = ("A timestep-aware uncertainty module after each layer and an uncertaint
 DEFAULT_CONFIG = os.path.join("configs", "digits_deediff.py")
 DEFAULT_WORKDIR = os.path.join("runs", "digits_deediff")
 BATCH = 250
+QUICK_STEPS = 600  # --quick: training steps (into WORKDIR_quick)
 
 
 def add_args(p) -> None:
@@ -47,7 +48,8 @@ def add_args(p) -> None:
 def _plan(args) -> tuple[list[float], int, str, list[str]]:
     """(thresholds, samples, workdir, extra training flags)."""
     if args.quick:
-        return [0.0, 0.1], 200, args.workdir + "_quick", ["--config.train.num_steps=600"]
+        return ([0.0, 0.1], 200, args.workdir + "_quick",
+                [f"--config.train.num_steps={QUICK_STEPS}"])
     return ([float(t) for t in args.thresholds.split(",")], args.samples, args.workdir, [])
 
 
@@ -160,8 +162,8 @@ def run(args, progress) -> dict:
     from jaxdiff.jobs.spec import restore_model, spec_for_data
 
     config = load_config_file(args.config)
-    if flags:
-        config.train.num_steps = 600
+    if args.quick:
+        config.train.num_steps = QUICK_STEPS
     spec, _ = spec_for_data(config)
     params, step = restore_model(spec, workdir)
     rows = []
