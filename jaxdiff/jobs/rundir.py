@@ -117,16 +117,43 @@ def _named(diffs) -> str:
     return shown + (f" and {more} more field{'s' * (more > 1)}" if more > 0 else "")
 
 
+def _default_values(config) -> dict:
+    """Flattened default values of the config's fields: the registered sections' defaults, with
+    the chosen network's and objective's own defaults for ``model`` and ``objective``."""
+    from jaxdiff.config import SECTIONS, ensure_registered
+    from jaxdiff.models import NETWORKS
+    from jaxdiff.objectives import OBJECTIVES
+
+    ensure_registered(config)
+    tree = {name: config_dict(SECTIONS.default_config(name)) for name in SECTIONS}
+    tree["model"] = config_dict(NETWORKS.default_config(config.model.name))
+    tree["objective"] = config_dict(OBJECTIVES.default_config(config.objective.name))
+    return _flatten(tree)
+
+
+def _added_at_default(diff, config) -> bool:
+    """True for a field that the stored config lacks and the config sets to its default: a
+    field added to jaxdiff after the checkpoints were made, at the value that keeps the old
+    behaviour (e.g. a new network option that is off by default)."""
+    field, old, new = diff
+    if old != "<absent>":
+        return False
+    defaults = _default_values(config)
+    return field in defaults and defaults[field] == new
+
+
 def check_compatible(workdir: str, config, job: str = "restore") -> None:
     """Raises IncompatibleCheckpointError when ``workdir`` holds checkpoints made with other
     values of the fields ``DEFINING[job]`` than ``config``'s (``job``: 'train' to resume,
-    'restore' to use the model).  A workdir without checkpoints or ``config.json`` passes."""
+    'restore' to use the model).  A workdir without checkpoints or ``config.json`` passes, and
+    so does a field the stored config lacks when the config holds its default value."""
     if not checkpoint_steps(workdir):
         return
     old = stored_config(workdir)
     if old is None:
         return
-    diffs = differences(old, config_dict(config), DEFINING[job])
+    diffs = [d for d in differences(old, config_dict(config), DEFINING[job])
+             if not _added_at_default(d, config)]
     if diffs:
         fix = ("train into a new --workdir" if job == "train"
                else "use the config the model was trained with")
