@@ -1,9 +1,9 @@
-"""DPM-Solver++(2M/3M), UniPC-bh2 (orders 2, 3) and EVODiff against an independent float64 implementation
-of the official update rules, written here in x-space the way the official DPM-Solver / UniPC
-codes and diffusers' DPMSolverMultistepScheduler / UniPCMultistepScheduler state them (alpha_t,
-sigma_t, lambda = log(alpha / sigma), their D1 / D2 and rho weights, their lower-order-final
-rules; EVODiff's kappa and sigma as its official code keeps them apart), on a DDPM linear-beta
-schedule at 10, 25 and 50 steps.
+"""DPM-Solver++(2M/3M), UniPC-bh2 (orders 2, 3) and EVODiff against an independent float64
+implementation of the official update rules, written here in x-space the way the official
+DPM-Solver / UniPC codes and diffusers' DPMSolverMultistepScheduler / UniPCMultistepScheduler
+state them (alpha_t, sigma_t, lambda = log(alpha / sigma), their D1 / D2 and rho weights, their
+lower-order-final rules; EVODiff's kappa and sigma as its official code keeps them apart), on a
+DDPM linear-beta schedule at 10, 25 and 50 steps.
 
 jaxdiff solves in scaled coordinates with its own weight formulas (samplers/dpm_solver.py,
 samplers/unipc.py), so agreement to 1e-4 checks the two derivations against each other.  The

@@ -47,11 +47,13 @@ tau is the official code's normalised time label, which on its EDM grids is sigm
 the std on every schedule, and (sigma_lo, sigma_hi) are the schedule's stds at t_min and t_max
 (the official code uses its grid's ends, those of the EDM grids it runs; fixed levels keep a
 split solve equal to the joined one).  ``tests/test_sampler_official_rules.py`` checks this
-file against a float64 x-space transliteration of the official loop on a VP schedule.  1 NFE per step: D(y_0) at the start, one evaluation in every step but the
-final one.  The official code divides by <v, v> unguarded; here a zero <v, v> gives a zero
-projection.  ``adaptive=False`` fixes beta1 = 1, r_i = r and y' = y_p: with
-``lower_order_final=False`` that is DPM-Solver++(2M), the solver whose coefficients EVODiff
-adapts (equal to float32 rounding; tests/test_samplers.py).
+file against a float64 x-space transliteration of the official loop on a VP schedule.
+
+1 NFE per step: D(y_0) at the start, one evaluation in every step but the final one.  The
+official code divides by <v, v> unguarded; here a zero <v, v> gives a zero projection.
+``adaptive=False`` fixes beta1 = 1, r_i = r and y' = y_p: with ``lower_order_final=False`` that
+is DPM-Solver++(2M), the solver whose coefficients EVODiff adapts (equal to float32 rounding;
+tests/test_samplers.py).
 
 The official last step's weights on y and the predictions do not sum to one (g a + a/2 - a r_f
 / 2 != a), so on the 2-D mixture with its exact denoiser the official form's error stops
