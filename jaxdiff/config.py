@@ -15,6 +15,8 @@ An experiment config (``configs/*.py``, ``get_config()``) is one ``ml_collection
   sample            sampler, its options, grid and counts for the previews and the sampling job
   guidance          the registered guidance transform (``jaxdiff.guidance``) and its fields
   mesh              data / fsdp axes, parameter sharding rule
+  stitch            T-Stitch: smaller trained models for the noisy start of every solve
+                    (``jaxdiff.combine.tstitch``)
   distributed       'auto' | True | False (``jaxdiff.parallel.maybe_initialize_distributed``)
   ...               the sections jobs register (``eval``, ``classify``)
 
@@ -38,7 +40,7 @@ SECTIONS = Registry("config section")
 LR_SCHEDULES = ("constant", "cosine")
 # The packages whose import registers every component; validation and base_config import them.
 COMPONENT_PACKAGES = ("jaxdiff.samplers", "jaxdiff.guidance", "jaxdiff.objectives",
-                      "jaxdiff.models", "jaxdiff.jobs")
+                      "jaxdiff.models", "jaxdiff.combine", "jaxdiff.jobs")
 
 
 def register_section(name: str, *, defaults, check=None):

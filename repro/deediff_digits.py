@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               run_command_line)
+                               run_command_line, timed_class_balanced_samples)
 
 PAPER = Paper("DeeDiff: Dynamic Uncertainty-Aware Early Exiting for Accelerating Diffusion "
               "Model Generation", "Tang et al.", "arXiv 2309.17074 (2023)")
@@ -76,37 +75,8 @@ def _with_threshold(spec, threshold: float):
 
 def sample_and_score(spec, params, threshold: float, samples: int) -> dict:
     """The run's sampling path at ``threshold``: wall time (after a warm-up call) and scores."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jaxdiff import samplers
-    from jaxdiff.images import to_uint8
-    from jaxdiff.jobs.evaluate import own_feature_metrics
-
-    s = spec.config.sample
     den = _with_threshold(spec, threshold).guided(params)
-    shape = (BATCH,) + spec.example_shape
-    def draw(den, key, labels):   # samplers.sample compiles once per structure, and caches
-        return samplers.sample(den, key, shape, sampler=s.sampler, steps=int(s.steps),
-                               grid=s.grid, cond=labels).x0
-
-    labels = np.arange(-(-samples // BATCH) * BATCH) % spec.num_classes
-    key = jax.random.key(int(s.seed))
-    jax.block_until_ready(draw(den, key, jnp.asarray(labels[:BATCH])))   # compile
-    out, start = [], time.perf_counter()
-    for i in range(0, len(labels), BATCH):
-        batch_key = jax.random.fold_in(key, i)
-        out.append(np.asarray(draw(den, batch_key, jnp.asarray(labels[i:i + BATCH]))))
-    seconds = time.perf_counter() - start
-    images = np.concatenate(out)[:samples]
-    metrics = own_feature_metrics(spec.config, to_uint8(images), labels[:samples])
-    own = metrics["own_features"]
-    return dict(threshold=threshold, samples=samples, fd=own["fd"],
-                accuracy=metrics["class_accuracy"], precision=own["precision"],
-                recall=own["recall"], seconds=seconds,
-                seconds_per_1000=1000.0 * seconds / len(labels),
-                pinned=metrics["own_feature_network"]["pinned"])
+    return dict(threshold=threshold, **timed_class_balanced_samples(spec, den, samples, BATCH))
 
 
 def exit_profile(spec, params, thresholds: list[float]) -> dict:

@@ -19,16 +19,15 @@ from tests.sample_job_common import tiny_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A workdir holding a step-0 checkpoint of the tiny model (perturbed so it is not zero)."""
+def _tiny_checkpoint(wd: str, seed: int) -> str:
+    """Writes a step-0 checkpoint of the tiny model into ``wd`` (its EMA perturbed by a
+    seed-dependent constant so it is not zero, and two seeds give two models)."""
     import jax
 
-    wd = str(tmp_path_factory.mktemp("sample_job"))
     cfg = tiny_config()
     src = get_source(cfg.data, "train")
     _, state = build_trainer(cfg, src.num_classes, src.example_shape)
-    noise = jax.random.normal(jax.random.key(0), ())
+    noise = jax.random.normal(jax.random.key(seed), ())
     state["model"]["ema"] = tuple(
         jax.tree.map(lambda p: p + 0.05 * noise * jax.numpy.ones_like(p), e)
         for e in state["model"]["ema"])
@@ -38,7 +37,13 @@ def workdir(tmp_path_factory):
     return wd
 
 
-def _run(workdir, name, n=10, size=4, guidance=None, **overrides):
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A workdir holding a step-0 checkpoint of the tiny model."""
+    return _tiny_checkpoint(str(tmp_path_factory.mktemp("sample_job")), 0)
+
+
+def _run(workdir, name, n=10, size=4, guidance=None, stitch=None, **overrides):
     cfg = tiny_config()
     cfg.sample.out_name = name
     cfg.sample.num_samples = n
@@ -47,6 +52,8 @@ def _run(workdir, name, n=10, size=4, guidance=None, **overrides):
         cfg.sample[k] = v
     for k, v in (guidance or {}).items():
         cfg.guidance[k] = v
+    if stitch is not None:
+        cfg.stitch.workdirs, cfg.stitch.fractions = (stitch[0],), (stitch[1],)
     return sample.sample_job(cfg, workdir)
 
 
@@ -158,3 +165,28 @@ def test_checkpoint_of_the_earlier_layout_is_a_one_line_error(tmp_path):
     old.close()
     with pytest.raises(CheckpointFormatError, match="earlier jaxdiff.*train again"):
         _run(str(tmp_path), "old", n=4, size=4)
+
+
+def test_stitch_section_gives_the_first_steps_to_the_other_model(workdir, tmp_path):
+    """config.stitch: step fraction 1 samples as the other model alone, 0.5 gives each model 2
+    of the 4 steps (the protocol records it), and stitching a model after itself is that
+    model, bit for bit."""
+    other = _tiny_checkpoint(str(tmp_path / "other"), 1)
+
+    def load(res):
+        return IO.load_samples(res["out_dir"])
+
+    plain, other_plain = _run(workdir, "st_plain", n=4), _run(other, "st_plain", n=4)
+    a, b = load(plain)[0], load(other_plain)[0]
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 10
+    np.testing.assert_array_equal(load(_run(workdir, "st_all", n=4, stitch=(other, 1.0)))[0], b)
+    np.testing.assert_array_equal(load(_run(workdir, "st_self", n=4, stitch=(workdir, 0.5)))[0],
+                                  a)
+    half = _run(workdir, "st_half", n=4, stitch=(other, 0.5))
+    _, _, proto = load(half)     # (the mixed samples themselves: tests/test_tstitch.py)
+    assert proto["stitch"] == dict(workdirs=[other], fractions=[0.5], nfe_per_model=[2, 2])
+    tag = IO.protocol_tag(proto)
+    assert tag.endswith("-stitch-other0.5"), tag
+    with pytest.raises(Exception, match=r"config\.stitch\.workdirs\[0\]: no checkpoint"):
+        _run(workdir, "st_missing", n=4, stitch=(str(tmp_path / "none"), 0.5))
+    assert not os.path.exists(os.path.join(workdir, "samples", "st_missing"))

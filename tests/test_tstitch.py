@@ -2,6 +2,8 @@
 mapping, cost counting and the one-line errors.  The "large" model is the toy mixture's exact
 denoiser and the "small" one the exact denoiser of a different mixture, so the two disagree
 everywhere and any routing mistake shows."""
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -87,4 +89,70 @@ def test_one_line_errors():
     for args, match in cases:
         with pytest.raises(ValueError, match=match) as err:
             T.tstitch(*args)
+        assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# config.stitch
+# ------------------------------------------------------------------------------------------------
+
+def _stitch_config(workdirs, fractions, sampler="dpmpp_2m", steps=10):
+    from jaxdiff.config import load_config_file
+    from tests.helpers.cli import DIGITS
+
+    config = load_config_file(DIGITS)
+    config.stitch.workdirs, config.stitch.fractions = tuple(workdirs), tuple(fractions)
+    config.sample.sampler, config.sample.steps, config.sample.grid = sampler, steps, "uniform_t"
+    return config
+
+
+@pytest.mark.parametrize("workdirs, fractions, match", [
+    (("a",), (), r"config\.stitch\.fractions: give one cumulative step fraction per workdir"),
+    (("a", "b"), (0.6, 0.3), r"config\.stitch\.fractions: fractions must be non-decreasing"),
+    (("a",), (1.5,), r"config\.stitch\.fractions: fractions must lie in \[0, 1\]"),
+    (("",), (0.4,), r"config\.stitch\.workdirs\[0\]: must be a workdir path"),
+])
+def test_stitch_section_errors_name_the_field(workdirs, fractions, match):
+    from jaxdiff import config as C
+    from jaxdiff.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match) as err:
+        C.validate(_stitch_config(workdirs, fractions))
+    assert "\n" not in str(err.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """What ``stitch_from_config`` reads of a RunSpec, with its models in memory."""
+
+    config: object
+    models: dict
+
+    def load_denoiser(self, workdir, step):
+        return self.models[workdir]
+
+
+def test_stitch_from_config_is_the_stitch_at_the_steps_fractions():
+    config = _stitch_config(("small",), (0.4,))
+    stitched = T.stitch_from_config(LARGE, _Spec(config, {"small": SMALL}))
+    grid = schedules.sampling_grid(SCHED, 10, "uniform_t")
+    want = T.tstitch([SMALL, LARGE], T.step_fractions(grid, [0.4, 1.0]))
+    assert stitched.fractions == want.fractions
+    np.testing.assert_array_equal(_sample(stitched), _sample(want))
+    assert T.evaluations_per_model(SCHED, config.sample, (0.4,)) == [4, 6]
+    assert T.evaluations_per_model(SCHED, _stitch_config(("s",), (0.4,), "heun").sample,
+                                   (0.4,)) == [4 + 3, 6 + 6]     # points and corrections
+    # no workdirs: the run's model itself
+    assert T.stitch_from_config(LARGE, _Spec(_stitch_config((), ()), {})) is LARGE
+
+
+def test_stitch_from_config_refuses_another_schedule_or_parameterization():
+    from jaxdiff.errors import ConfigError
+
+    other = G.oracle_denoiser(G.toy_mixture_2d(), schedules.EDM())
+    eps_model = Denoiser(SMALL.apply_fn, SMALL.params, SCHED, P.Parameterization("eps"))
+    for model, what in ((other, "schedule"), (eps_model, "parameterization")):
+        with pytest.raises(ConfigError, match=rf"config\.stitch\.workdirs\[0\]: the model in "
+                                              rf"s has the {what}") as err:
+            T.stitch_from_config(LARGE, _Spec(_stitch_config(("s",), (0.4,)), {"s": model}))
         assert "\n" not in str(err.value)

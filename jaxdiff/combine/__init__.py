@@ -1,1 +1,3 @@
-"""Denoisers built from several denoisers (trajectory stitching)."""
+"""Denoisers built from several denoisers (trajectory stitching); importing this package
+registers the ``stitch`` config section."""
+from jaxdiff.combine import tstitch  # noqa: F401  (registers config.stitch)

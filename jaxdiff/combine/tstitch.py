@@ -28,6 +28,7 @@ state are in the schedule's coordinates); ``tstitch`` checks both.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import jax
@@ -35,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.cond import check_cond_batch
+from jaxdiff.config import register_section
+from jaxdiff.errors import ConfigError, MissingInputError
 from jaxdiff.denoiser import DenoiserBase, batch_times
 from jaxdiff.samplers.base import get_sampler
 from jaxdiff.schedules import Grid
@@ -192,3 +195,98 @@ def cost(stitch: TStitch, times: np.ndarray, x: Array, cond: Any = None) -> dict
     flops = [network_flops(d, x, cond=cond) for d in stitch.denoisers]
     return {"nfe": nfe, "flops_per_eval": flops,
             "flops": float(sum(n * f for n, f in zip(nfe, flops)))}
+
+
+# ------------------------------------------------------------------------------------------------
+# the config section: stitch the run's model after smaller trained models
+# ------------------------------------------------------------------------------------------------
+
+def _defaults():
+    import ml_collections
+
+    # workdirs: trained models for the noisy start of the trajectory, noisiest first (empty: no
+    # stitching); fractions: the cumulative fraction of the sampling steps each of them takes
+    # (the run's own model takes the rest), e.g. workdirs=('runs/small',), fractions=(0.4,)
+    return ml_collections.ConfigDict(dict(workdirs=(), fractions=()))
+
+
+def _check(section, config, **_) -> None:
+
+    workdirs, fractions = tuple(section.workdirs), tuple(section.fractions)
+    for i, w in enumerate(workdirs):
+        if not isinstance(w, str) or not w:
+            raise ConfigError(f"config.stitch.workdirs[{i}]: must be a workdir path, got {w!r}")
+    if len(fractions) != len(workdirs):
+        raise ConfigError(f"config.stitch.fractions: give one cumulative step fraction per "
+                          f"workdir ({len(workdirs)}), got {list(fractions)}")
+    try:
+        check_fractions((*fractions, 1.0), len(fractions) + 1)
+    except ValueError as e:
+        raise ConfigError(f"config.stitch.fractions: {str(e).removeprefix('tstitch: ')}") \
+            from None
+
+
+def time_fractions(schedule, sample_cfg, fractions: Sequence[float]) -> np.ndarray:
+    """Cumulative time fractions (K,) for step fractions ``fractions`` (K - 1,) of the grid
+    that ``sample_cfg`` (steps, grid) samples on."""
+    from jaxdiff.schedules import sampling_grid
+
+    grid = sampling_grid(schedule, int(sample_cfg.steps), str(sample_cfg.grid))
+    return step_fractions(grid, (*fractions, 1.0))
+
+
+def evaluations_per_model(schedule, sample_cfg, fractions: Sequence[float]) -> list[int] | None:
+    """Denoiser evaluations per sample by model (K,) when ``sample_cfg``'s sampler stitches
+    the models at step fractions ``fractions``; None for a sampler without an evaluation-time
+    rule (see ``evaluation_times``)."""
+    from jaxdiff.schedules import sampling_grid
+
+    grid = sampling_grid(schedule, int(sample_cfg.steps), str(sample_cfg.grid))
+    try:
+        times = evaluation_times(str(sample_cfg.sampler), grid)
+    except ValueError:
+        return None
+    tf = step_fractions(grid, (*fractions, 1.0))
+    which = np.asarray(TStitch(tuple(range(len(tf))), tuple(float(c) for c in tf))
+                       .route(jnp.asarray(times, jnp.float32)))
+    return [int(np.sum(which == k)) for k in range(len(tf))]
+
+
+def check_workdirs(config) -> None:
+    """Raises MissingInputError naming ``config.stitch.workdirs`` when a model it names has no
+    checkpoints (the sampling job's preflight: before anything is restored or written)."""
+
+    section = config.get("stitch")
+    for i, w in enumerate(tuple(section.workdirs) if section is not None else ()):
+        if not os.path.isdir(os.path.join(w, "checkpoints")):
+            raise MissingInputError(f"config.stitch.workdirs[{i}]: no checkpoint directory "
+                                    f"{os.path.join(w, 'checkpoints')}: train that model first "
+                                    f"(--mode=train with --workdir={w})")
+
+
+def stitch_from_config(den: DenoiserBase, spec) -> DenoiserBase:
+    """``den`` (the run's model) after the models of ``spec.config.stitch`` (restored from their
+    workdirs' latest checkpoints, EMA ``sample.ema_index``); ``den`` itself when the section
+    names none.  Raises ConfigError naming the field for a model whose schedule or
+    parameterization differs from the run's."""
+    from jaxdiff.jobs.spec import load_other_denoiser
+
+    section = spec.config.stitch
+    if not section.workdirs:
+        return den
+    firsts = []
+    for i, w in enumerate(section.workdirs):
+        first = load_other_denoiser(spec, w, None, "stitch.workdirs")
+        for what, theirs, ours in (("schedule", first.schedule, den.schedule),
+                                   ("parameterization", _parameterization(first),
+                                    _parameterization(den))):
+            if theirs != ours:
+                raise ConfigError(f"config.stitch.workdirs[{i}]: the model in {w} has the "
+                                  f"{what} {theirs!r}, the run's model {ours!r}; stitched "
+                                  f"models must share both")
+        firsts.append(first)
+    tf = time_fractions(den.schedule, spec.config.sample, tuple(section.fractions))
+    return tstitch([*firsts, den], tf)
+
+
+register_section("stitch", defaults=_defaults, check=_check)

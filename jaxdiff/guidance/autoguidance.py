@@ -30,8 +30,6 @@ transform takes ``cond=None``.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax
@@ -99,51 +97,17 @@ def _check(section) -> None:
     number(section.get("bad_step"), "guidance.bad_step", low=-1, integer=True)
 
 
-def bad_model_config(run_config, bad_workdir: str):
-    """The run's config with the network, diffusion and EMA sections of the bad model's own
-    ``config.json`` (when the workdir has one); the dataset must be the run's."""
-    import ml_collections
-
-    path = os.path.join(bad_workdir, "config.json")
-    config = ml_collections.ConfigDict(run_config.to_dict())
-    if not os.path.isfile(path):
-        return config
-    with open(path) as f:
-        saved = json.load(f)
-    from jaxdiff.data import dataset_name
-
-    theirs = dataset_name(ml_collections.ConfigDict(saved["data"]))
-    ours = dataset_name(run_config.data)
-    if theirs != ours:
-        raise ConfigError(f"config.guidance.bad_workdir: the bad model in {bad_workdir} was "
-                          f"trained on {theirs!r}, this run samples {ours!r}")
-    config.model = ml_collections.ConfigDict(saved["model"])
-    config.diffusion = ml_collections.ConfigDict(saved["diffusion"])
-    config.train.ema_decays = tuple(saved["train"]["ema_decays"])
-    return config
-
-
 def load_bad_denoiser(section, spec) -> DenoiserBase:
-    """The bad model named by ``section`` (bad_workdir, bad_step).
+    """The bad model named by ``section`` (bad_workdir, bad_step); see
+    ``jaxdiff.jobs.spec.load_other_denoiser``."""
+    from jaxdiff.jobs.spec import load_other_denoiser
 
-    A spec with a ``load_denoiser(workdir, step)`` method (a host program holding its models in
-    memory, or a test) supplies it; otherwise it is restored from the workdir's checkpoint
-    (``model`` item only) through ``jaxdiff.jobs.spec.load_denoiser``.
-    """
-    step = int(section.bad_step)
-    step = None if step < 0 else step
-    loader = getattr(spec, "load_denoiser", None)
-    if callable(loader):
-        return loader(section.bad_workdir, step)
-    if not section.bad_workdir:
+    if not section.bad_workdir and not callable(getattr(spec, "load_denoiser", None)):
         raise ConfigError("config.guidance.bad_workdir: autoguidance needs the workdir of the "
                           "bad model (a smaller or shorter-trained model of the same data)")
-    from jaxdiff.jobs.spec import checkpoint_dir, load_denoiser
-
-    checkpoint_dir(section.bad_workdir)  # a wrong path fails before any data is read
-    den, _ = load_denoiser(bad_model_config(spec.config, section.bad_workdir),
-                           section.bad_workdir, step)
-    return den
+    step = int(section.bad_step)
+    return load_other_denoiser(spec, section.bad_workdir, None if step < 0 else step,
+                               "guidance.bad_workdir")
 
 
 @register_guidance("autoguidance", defaults=_defaults, check=_check,

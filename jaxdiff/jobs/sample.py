@@ -27,6 +27,7 @@ from jaxdiff import images as I
 from jaxdiff import parallel, samplers
 from jaxdiff.data import get_source
 from jaxdiff.errors import ConfigError, NonFiniteError
+from jaxdiff.combine.tstitch import check_workdirs
 from jaxdiff.jobs import samples_io as IO
 from jaxdiff.jobs.spec import needs_checkpoint, register_job, restore_model, spec_for_data
 
@@ -36,6 +37,7 @@ def _preflight(config, workdir: str, earlier) -> None:
     num_classes = get_source(config.data, "heldout").num_classes
     IO.labels_for(np.zeros(1, np.int64), str(config.sample.labels), num_classes)
     needs_checkpoint(config, workdir, earlier, int(config.sample.checkpoint_step))
+    check_workdirs(config)
 
 
 @register_job("sample", preflight=_preflight)

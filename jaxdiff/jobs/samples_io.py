@@ -62,7 +62,29 @@ def protocol(config, num_classes: int, example_shape, step: int, kind: str) -> d
                 ema_index=int(s.ema_index), seed=int(s.seed), labels=str(s.labels),
                 num_samples=int(s.num_samples), shard_size=int(s.shard_size),
                 example_shape=list(example_shape), kind=kind,
-                num_classes=int(num_classes), dataset=dataset_name(config.data))
+                num_classes=int(num_classes), dataset=dataset_name(config.data),
+                **denoiser_protocol(config))
+
+
+def denoiser_protocol(config) -> dict:
+    """The protocol entries of the sampling Denoiser's options, present only when they change
+    it (so the protocols of plain runs keep their form): ``exit_threshold`` (DeeDiff early
+    exit) and ``stitch`` (T-Stitch: the first models' workdirs, their cumulative step
+    fractions and the denoiser evaluations (NFE) per sample of each model, the run's model last)."""
+    from jaxdiff.combine.tstitch import evaluations_per_model
+    from jaxdiff.jobs.spec import build_schedule
+
+    out = {}
+    threshold = float(config.sample.get("exit_threshold", 0.0))
+    if threshold > 0:
+        out["exit_threshold"] = threshold
+    stitch = config.get("stitch")
+    if stitch is not None and stitch.workdirs:
+        fractions = [float(f) for f in stitch.fractions]
+        out["stitch"] = dict(workdirs=list(stitch.workdirs), fractions=fractions,
+                             nfe_per_model=evaluations_per_model(
+                                 build_schedule(config.diffusion), config.sample, fractions))
+    return out
 
 
 def guidance_tag(guidance: dict) -> str:
@@ -78,7 +100,17 @@ def protocol_tag(proto: dict) -> str:
     opts = "".join(f"-{k}{v:g}" for k, v in sorted(proto["sampler_options"].items()))
     return (f"step{proto['checkpoint_step']}-{proto['sampler']}{proto['steps']}{opts}"
             f"-{proto['grid']}-{guidance_tag(proto['guidance'])}-ema{proto['ema_index']}"
-            f"-seed{proto['seed']}-{proto['labels']}")
+            f"-seed{proto['seed']}-{proto['labels']}"
+            + (f"-exit{proto['exit_threshold']:g}" if "exit_threshold" in proto else "")
+            + _stitch_tag(proto.get("stitch")))
+
+
+def _stitch_tag(stitch: dict | None) -> str:
+    """'-stitch-<first model's workdir name><its step fraction>...', or '' without stitching."""
+    if not stitch:
+        return ""
+    return "".join(f"-stitch-{os.path.basename(os.path.normpath(w))}{f:g}"
+                   for w, f in zip(stitch["workdirs"], stitch["fractions"]))
 
 
 def labels_for(indices: np.ndarray, labels: str, num_classes: int) -> np.ndarray:

@@ -11,6 +11,10 @@ the example shape.  From it:
   restore_model(spec, workdir, step)    (parameters of ``config.sample.ema_index``, step) from
                                         the checkpoint's ``model`` item alone: no optimizer state
   load_denoiser(config, workdir)        (denoiser, step) for a trained workdir in one call
+  load_other_denoiser(spec, workdir, ...)
+                                        a second trained model for this run (autoguidance's
+                                        bad model, T-Stitch's small one), its network and
+                                        noise process read from its own ``config.json``
 
 Checkpoints (``WORKDIR/checkpoints/<step>/``) hold two items: ``model`` = dict(params, ema) and
 ``train`` = dict(step, opt_state, rng, extra).  Jobs that only use a model restore ``model``.
@@ -132,24 +136,30 @@ class RunSpec:
     def denoiser(self, params) -> Denoiser:
         return Denoiser(NNXApply(self.graphdef), params, self.schedule, self.param)
 
-    def sampling_denoiser(self, params) -> Denoiser:
+    def sampling_denoiser(self, params, stitch: bool = True) -> Denoiser:
         """The Denoiser that sampling uses: the network's, with DeeDiff early exit when
-        ``config.sample.exit_threshold`` > 0."""
+        ``config.sample.exit_threshold`` > 0, after the smaller models of ``config.stitch``
+        (T-Stitch) when it names any and ``stitch`` is True."""
         den = self.denoiser(params)
         threshold = float(self.config.sample.get("exit_threshold", 0.0))
         if threshold > 0:
             from jaxdiff.models.early_exit import early_exit_denoiser
 
             den = early_exit_denoiser(den, threshold)
+        if stitch and "stitch" in self.config:
+            from jaxdiff.combine.tstitch import stitch_from_config
+
+            den = stitch_from_config(den, self)
         return den
 
-    def guided(self, params, guidance_cfg=None):
+    def guided(self, params, guidance_cfg=None, stitch: bool = True):
         """The sampling Denoiser wrapped by the guidance transform ``config.guidance`` (or the
-        given section)."""
+        given section); ``stitch=False`` leaves out ``config.stitch`` (the training job's
+        previews show the model being trained)."""
         from jaxdiff.guidance import build_guidance
 
         section = self.config.guidance if guidance_cfg is None else guidance_cfg
-        return build_guidance(self.sampling_denoiser(params), section, self)
+        return build_guidance(self.sampling_denoiser(params, stitch), section, self)
 
 
 def _build_network(config, example_shape, num_classes):
@@ -215,7 +225,8 @@ def restore_model(spec: RunSpec, workdir: str, step: int | None = None,
 
     Returns (params, step): the EMA ``ema_index`` (default ``config.sample.ema_index``; -1 for
     the raw parameters) as a pure dict, and the checkpoint's step (with ``step`` None, the
-    newest readable one: an unreadable newest checkpoint is moved aside, see ``Checkpointer``).  No optimizer state is read
+    newest readable one: an unreadable newest checkpoint is moved aside, see
+    ``Checkpointer``).  No optimizer state is read
     or allocated.  ``shardings``: optional pytree of shardings for the parameters.
     """
     checkpoint_dir(workdir)
@@ -244,3 +255,49 @@ def load_denoiser(config, workdir: str, step: int | None = None, split: str = "h
     spec, _ = spec_for_data(config, split)
     params, step = restore_model(spec, workdir, step)
     return spec.denoiser(params), step
+
+
+def other_model_config(run_config, workdir: str, field: str):
+    """The run's config with the network, diffusion and EMA sections of the model trained in
+    ``workdir`` (from its ``config.json``; the run's own when there is none).  The dataset must be
+    the run's: otherwise a ConfigError naming ``field`` (the config field that gave
+    ``workdir``, e.g. 'guidance.bad_workdir')."""
+    import json
+
+    import ml_collections
+
+    from jaxdiff.data import dataset_name
+
+    path = os.path.join(workdir, "config.json")
+    config = ml_collections.ConfigDict(run_config.to_dict())
+    if not os.path.isfile(path):
+        return config
+    with open(path) as f:
+        saved = json.load(f)
+    theirs = dataset_name(ml_collections.ConfigDict(saved["data"]))
+    ours = dataset_name(run_config.data)
+    if theirs != ours:
+        raise ConfigError(f"config.{field}: the model in {workdir} was trained on {theirs!r}, "
+                          f"this run samples {ours!r}")
+    config.model = ml_collections.ConfigDict(saved["model"])
+    config.diffusion = ml_collections.ConfigDict(saved["diffusion"])
+    config.train.ema_decays = tuple(saved["train"]["ema_decays"])
+    return config
+
+
+def load_other_denoiser(spec: RunSpec, workdir: str, step: int | None, field: str):
+    """The Denoiser of a second trained model that this run uses, at checkpoint ``step`` (None:
+    the latest), without guidance or early exit.
+
+    A spec with a ``load_denoiser(workdir, step)`` method (a host program holding its models in
+    memory, or a test) supplies it; otherwise the ``model`` item of ``workdir``'s checkpoint is
+    restored with the network of ``other_model_config``.  ``field`` names the config field that
+    gave ``workdir`` in the errors (an empty path, a missing checkpoint directory)."""
+    loader = getattr(spec, "load_denoiser", None)
+    if callable(loader):
+        return loader(workdir, step)
+    if not workdir:
+        raise ConfigError(f"config.{field}: give the workdir of a trained model")
+    checkpoint_dir(workdir)  # a wrong path fails before any data is read
+    den, _ = load_denoiser(other_model_config(spec.config, workdir, field), workdir, step)
+    return den

@@ -206,7 +206,7 @@ def preview_samples(spec: RunSpec, params, per_class: int | None = None) -> tupl
         labels = jnp.repeat(jnp.arange(spec.num_classes, dtype=jnp.int32), per_class)
     else:
         labels = jnp.zeros((per_class * per_class,), jnp.int32)
-    out = samplers.sample(spec.guided(params), jax.random.key(int(s.seed)),
+    out = samplers.sample(spec.guided(params, stitch=False), jax.random.key(int(s.seed)),
                           (labels.shape[0],) + spec.example_shape, sampler=s.sampler,
                           steps=int(s.steps), grid=s.grid, cond=spec.condition(labels),
                           **dict(s.options))
