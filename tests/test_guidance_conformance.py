@@ -38,6 +38,14 @@ class _Spec:
     def null(self):
         return self.num_classes
 
+    @property
+    def config(self):
+        """The run's sampling section (a transform tied to the sampling grid reads it)."""
+        import ml_collections
+
+        return ml_collections.ConfigDict(dict(sample=dict(sampler="ddim", steps=10,
+                                                          grid="karras", options={})))
+
     def load_denoiser(self, workdir, step):
         """A weaker model of the same data: the oracle of the mixture with wider components."""
         del workdir, step

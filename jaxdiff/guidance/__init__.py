@@ -8,10 +8,11 @@ from jaxdiff.guidance.base import (GUIDANCE, Guided, build_guidance, check_guida
 from jaxdiff.guidance.apg import APG
 from jaxdiff.guidance.autoguidance import Autoguidance
 from jaxdiff.guidance.cfg import CFG
+from jaxdiff.guidance.cfgpp import CFGPlusPlus
 from jaxdiff.guidance.classifier import ClassifierGuidance
 from jaxdiff.guidance.elucd import EluCD
 from jaxdiff.guidance.steered import Steered
 
-__all__ = ["APG", "Autoguidance", "CFG", "ClassifierGuidance", "EluCD", "GUIDANCE", "Guided",
-           "Steered", "build_guidance", "check_guidance", "evals_per_call", "guidance_config", "null_like",
-           "register_guidance"]
+__all__ = ["APG", "Autoguidance", "CFG", "CFGPlusPlus", "ClassifierGuidance", "EluCD",
+           "GUIDANCE", "Guided", "Steered", "build_guidance", "check_guidance", "evals_per_call",
+           "guidance_config", "null_like", "register_guidance"]
