@@ -53,11 +53,15 @@ def one_line(text: str) -> str:
 
 
 def _config_path(argv) -> str | None:
+    """The file of ``--config=FILE[:ARG]`` (ml_collections passes ARG to ``get_config``)."""
     for i, a in enumerate(argv):
         if a.startswith("--config="):
-            return a.split("=", 1)[1]
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
+            value = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return value if os.path.isfile(value) else value.split(":", 1)[0]
     return None
 
 
