@@ -1,0 +1,56 @@
+"""Random search (Ma et al., "Inference-time scaling for diffusion models beyond scaling denoising
+steps", arXiv 2501.09732, Sec. 3.2): best-of-N over the initial noise with a deterministic
+solver, scored by a verifier.
+
+Each of the B examples gets N candidate noises; all B N solves run as one batch (global index
+indices[b] N + j, so N = 1 is plain sampling of the same examples, bit for bit), the verifier
+scores the B N samples, and each example keeps its best.  NFE per example: N times the solver's.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff import samplers
+from jaxdiff.denoiser import DenoiserBase
+from jaxdiff.search.base import (SearchResult, candidate_indices, check_count,
+                                 check_deterministic, make_grid, pick_best, repeat_cond)
+from jaxdiff.search.verifiers import Verifier, scores_of
+
+Array = jax.Array
+
+
+def random_search(den: DenoiserBase, key: Array, shape: tuple[int, ...], verifier: Verifier, *,
+                  candidates: int, sampler: str = "dpmpp_2m", steps: int = 10,
+                  grid: Any = "uniform_t", cond: Any = None, indices: Array | None = None,
+                  **options) -> SearchResult:
+    """Best of ``candidates`` initial noises per example.
+
+    Args:
+      den: the (possibly guided) Denoiser; key: PRNG key; shape: (B, ...) of the output.
+      verifier: (x0, cond) -> (B,) scores (``jaxdiff.search.verifiers``); higher is better.
+      candidates: N >= 1 noises per example.
+      sampler, steps, grid, **options: a deterministic solver and its grid (as
+        ``samplers.sample``).
+      cond: condition pytree with leading dimension B (or None); indices: (B,) global example
+        indices (default arange(B)).
+    Returns:
+      SearchResult(x0 (B, ...), scores (B,), nfe = N x solver NFE, trace: the batch-mean best
+      score after the first k candidates, k = 1..N, with its NFE).
+    """
+    n = check_count(candidates, "candidates")
+    check_deterministic(sampler, options)
+    b = int(shape[0])
+    g = make_grid(den.schedule, steps, grid)
+    idx = jnp.arange(b) if indices is None else jnp.asarray(indices)
+    conds = repeat_cond(cond, n)
+    out = samplers.sample(den, key, (b * n,) + tuple(shape[1:]), sampler=sampler, grid=g,
+                          cond=conds, indices=candidate_indices(idx, n), **options)
+    scores = scores_of(verifier, out.x0, conds).reshape(b, n)
+    x0, best = pick_best(out.x0.reshape((b, n) + tuple(shape[1:])), scores)
+    running = jnp.mean(jax.lax.cummax(scores, axis=1), axis=0)
+    per = int(out.nfe)
+    trace = [((k + 1) * per, float(running[k])) for k in range(n)]
+    return SearchResult(x0=x0, scores=best, nfe=n * per, trace=trace)
