@@ -26,6 +26,14 @@ def check(options: dict) -> None:
         raise ValueError(f"ddim/ddpm: eta must be in [0, 1], got {eta}")
 
 
+def ddim_step(y: jax.Array, d: jax.Array, s, s_next, eta, z: jax.Array) -> jax.Array:
+    """One DDIM step (module docstring) of the scaled state y (B, ...) from noise level s to
+    s_next, given the denoiser's prediction d at (y, s) and the step's noise z (B, ...)."""
+    c = eta * s_next * jnp.sqrt(jnp.clip(1.0 - (s_next / s) ** 2, 0.0, 1.0))
+    y_next = d + jnp.sqrt(jnp.maximum(s_next**2 - c**2, 0.0)) * (y - d) / s
+    return y_next + c * z
+
+
 def ddim_run(ctx: SamplerContext, y: jax.Array) -> jax.Array:
     """DDIM.  Option eta.  y: (B, ...) scaled state at grid point 0 -> (B, ...) state at the last
     grid point; step i's noise is ctx.noise(i)."""
@@ -34,10 +42,7 @@ def ddim_run(ctx: SamplerContext, y: jax.Array) -> jax.Array:
 
     def step(y, i):
         d = ctx.denoise_at(y, i)
-        s, s_next = sig[i], sig[i + 1]
-        c = eta * s_next * jnp.sqrt(jnp.clip(1.0 - (s_next / s) ** 2, 0.0, 1.0))
-        y_next = d + jnp.sqrt(jnp.maximum(s_next**2 - c**2, 0.0)) * (y - d) / s
-        return y_next + c * ctx.noise(i), None
+        return ddim_step(y, d, sig[i], sig[i + 1], eta, ctx.noise(i)), None
 
     y, _ = jax.lax.scan(step, y, jnp.arange(ctx.grid.steps))
     return y

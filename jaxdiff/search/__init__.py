@@ -5,9 +5,15 @@ verifier scores highest (Ma et al., arXiv 2501.09732).
                    posterior, analytic rewards, a restricted view
   random_search    best-of-N over the initial noise
   zero_order       norm-preserving neighbours of a pivot noise, K iterations
+  importance       importance resampling towards p(x0) exp(lambda r(x0))
+  smc              sequential Monte Carlo towards the same target, the x0-prediction's reward
+                   as the potential
 """
 from jaxdiff.search.base import SearchResult
+from jaxdiff.search.importance import importance_resampling
 from jaxdiff.search.random_search import random_search
+from jaxdiff.search.smc import smc
 from jaxdiff.search.zero_order import zero_order_search
 
-__all__ = ["SearchResult", "random_search", "zero_order_search"]
+__all__ = ["SearchResult", "importance_resampling", "random_search", "smc",
+           "zero_order_search"]

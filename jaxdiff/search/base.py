@@ -48,6 +48,16 @@ def check_count(value: int, name: str, low: int = 1) -> int:
     return value
 
 
+def check_lambda(lam) -> float:
+    """The tilt lambda >= 0 of a target p(x0) exp(lambda r(x0)) (finite)."""
+    import math
+
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) \
+            or lam < 0:
+        raise ValueError(f"search: lambda must be a finite number >= 0, got {lam!r}")
+    return float(lam)
+
+
 def make_grid(schedule, steps: int, grid: str | Grid) -> Grid:
     """The sampling grid (a named kind built for ``schedule``, or a given Grid)."""
     return grid if isinstance(grid, Grid) else sampling_grid(schedule, int(steps), grid)
