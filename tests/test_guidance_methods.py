@@ -433,3 +433,26 @@ def test_autoguidance_loads_a_smaller_bad_model_from_its_workdir(tmp_path):
     chex.assert_trees_all_equal(den(x, 0.5, y), good(x, 0.5, y))
     guided = dataclasses.replace(den, scale=2.0)(x, 0.5, y)
     assert np.all(np.isfinite(guided)) and not np.array_equal(guided, good(x, 0.5, y))
+
+
+def test_elucd_defaults_to_the_evaluations_pinned_classifier():
+    """Without classifier_dir, EluCD guides with the evaluation's own feature network: on
+    MNIST-5k the pinned one the package ships (nothing is trained or read from a cache)."""
+    from jaxdiff.classifier_train import own_feature_space
+    from jaxdiff.config import load_config_file
+    from tests.helpers.cli import ROOT
+
+    config = load_config_file(f"{ROOT}/configs/mnist5k.py")
+
+    @dataclasses.dataclass(frozen=True)
+    class Spec:
+        config: object
+        num_classes: int = 10
+        null: int = 10
+
+    den = build_guidance(GOOD, guidance_config("elucd"), Spec(config))
+    pinned = own_feature_space(config)
+    assert pinned.pinned and den.num_classes == 10
+    x = jnp.zeros((2, 32, 32, 1))
+    np.testing.assert_array_equal(np.asarray(den.logits_fn(den.params, x)),
+                                  np.asarray(pinned.network.apply(x)[1]))

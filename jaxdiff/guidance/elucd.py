@@ -152,17 +152,18 @@ def load_classifier(section, spec):
     """(logits_fn, params, num_classes) of the clean classifier named by ``section``.
 
     A spec with a ``load_classifier(path)`` method (a host program, or a test) supplies it;
-    otherwise ``classifier_dir`` (default: the dataset's own feature network,
-    ``jaxdiff.classifier_train.feature_network_dir``) is loaded with its checksum verified.
+    otherwise ``classifier_dir`` is loaded with its checksum verified, and without one the
+    evaluation's own feature network (``jaxdiff.classifier_train.own_feature_space``: the pinned
+    network the package ships for the dataset, or the one trained on this machine).
     """
     loader = getattr(spec, "load_classifier", None)
     if callable(loader):
         return loader(section.classifier_dir)
-    from jaxdiff.classifier_train import feature_network_dir, load_feature_network
+    from jaxdiff.classifier_train import load_feature_network, own_feature_space
 
-    path = section.classifier_dir or feature_network_dir(spec.config)
     try:
-        net = load_feature_network(path)
+        net = (load_feature_network(section.classifier_dir) if section.classifier_dir
+               else own_feature_space(spec.config).network)
     except FileNotFoundError as e:
         raise ConfigError(f"config.guidance.classifier_dir: {e}") from None
     return FeatureNetworkLogits(net.apply), None, int(net.num_classes)
