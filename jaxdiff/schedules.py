@@ -419,6 +419,11 @@ def sampling_grid(schedule: Schedule, steps: int, kind: str = "uniform_t", *,
     return grid_from_times(schedule, t)
 
 
+def config_sampling_grid(schedule: Schedule, sample_cfg) -> Grid:
+    """The grid a ``config.sample`` section (its ``steps`` and ``grid`` kind) samples on."""
+    return sampling_grid(schedule, int(sample_cfg.steps), str(sample_cfg.grid))
+
+
 def grid_from_times(schedule: Schedule, t, end: str = "clean") -> Grid:
     """A grid from explicit times t of shape (steps + 1,), strictly decreasing.
 

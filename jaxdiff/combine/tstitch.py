@@ -229,19 +229,18 @@ def _check(section, config, **_) -> None:
 def time_fractions(schedule, sample_cfg, fractions: Sequence[float]) -> np.ndarray:
     """Cumulative time fractions (K,) for step fractions ``fractions`` (K - 1,) of the grid
     that ``sample_cfg`` (steps, grid) samples on."""
-    from jaxdiff.schedules import sampling_grid
+    from jaxdiff.schedules import config_sampling_grid
 
-    grid = sampling_grid(schedule, int(sample_cfg.steps), str(sample_cfg.grid))
-    return step_fractions(grid, (*fractions, 1.0))
+    return step_fractions(config_sampling_grid(schedule, sample_cfg), (*fractions, 1.0))
 
 
 def evaluations_per_model(schedule, sample_cfg, fractions: Sequence[float]) -> list[int] | None:
     """Denoiser evaluations per sample by model (K,) when ``sample_cfg``'s sampler stitches
     the models at step fractions ``fractions``; None for a sampler without an evaluation-time
     rule (see ``evaluation_times``)."""
-    from jaxdiff.schedules import sampling_grid
+    from jaxdiff.schedules import config_sampling_grid
 
-    grid = sampling_grid(schedule, int(sample_cfg.steps), str(sample_cfg.grid))
+    grid = config_sampling_grid(schedule, sample_cfg)
     try:
         times = evaluation_times(str(sample_cfg.sampler), grid)
     except ValueError:

@@ -107,7 +107,7 @@ def _check(section) -> None:
 def build_cfgpp(inner, section, spec):
     """CFG++ with the section's scale on the run's sampling grid (``config.sample``: steps,
     grid); the sampler must be ddim with eta = 0 or euler."""
-    from jaxdiff.schedules import sampling_grid
+    from jaxdiff.schedules import config_sampling_grid
 
     if spec.num_classes == 0:
         raise ConfigError("config.guidance.name: 'cfgpp' guides class-conditional runs; this "
@@ -118,5 +118,5 @@ def build_cfgpp(inner, section, spec):
                           f"in a first-order deterministic step; use one of {list(SAMPLERS)} "
                           f"(ddim with eta = 0), got {s.sampler!r} with options "
                           f"{dict(s.options)}")
-    grid = sampling_grid(inner.schedule, int(s.steps), str(s.grid))
-    return cfgpp(inner, grid, scale=float(section.scale), null=spec.null)
+    return cfgpp(inner, config_sampling_grid(inner.schedule, s), scale=float(section.scale),
+                 null=spec.null)
