@@ -40,3 +40,10 @@ def drop_condition(keep: Array, cond: Any, null: Any) -> Any:
         return jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, n)
 
     return jax.tree_util.tree_map(one, cond, null_like(cond, null))
+
+
+def with_guidance_weight(cond: Any, w: Any) -> dict:
+    """The condition of a network with a guidance embedding (a guided-distilled student):
+    ``{"cond": cond, "w": w}``, w () or (B,) the guidance weight in Meng et al.'s convention
+    (w = s - 1 for jaxdiff's CFG scale s; see ``jaxdiff.distill.guided``)."""
+    return {"cond": cond, "w": jnp.asarray(w, jnp.float32)}

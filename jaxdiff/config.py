@@ -40,7 +40,7 @@ SECTIONS = Registry("config section")
 LR_SCHEDULES = ("constant", "cosine")
 # The packages whose import registers every component; validation and base_config import them.
 COMPONENT_PACKAGES = ("jaxdiff.samplers", "jaxdiff.guidance", "jaxdiff.objectives",
-                      "jaxdiff.models", "jaxdiff.combine", "jaxdiff.jobs")
+                      "jaxdiff.models", "jaxdiff.combine", "jaxdiff.distill", "jaxdiff.jobs")
 
 
 def register_section(name: str, *, defaults, check=None):

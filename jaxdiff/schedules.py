@@ -356,7 +356,8 @@ class Grid:
 jax.tree_util.register_dataclass(Grid, data_fields=["t", "alpha", "sigma_ve"],
                                  meta_fields=["clean_end"])
 
-GRID_KINDS = ("uniform_t", "uniform_logsnr", "quadratic", "karras")
+GRID_KINDS = ("uniform_t", "uniform_logsnr", "quadratic", "karras", "uniform_t_to_zero")
+CLEAN_END_ONLY = ("uniform_t_to_zero",)  # kinds that fix their own end: no t_min, no t_end
 
 
 def sampling_grid(schedule: Schedule, steps: int, kind: str = "uniform_t", *,
@@ -370,6 +371,10 @@ def sampling_grid(schedule: Schedule, steps: int, kind: str = "uniform_t", *,
       uniform_logsnr:  logsnr linear in u (DPM-Solver's recommended spacing for pixel models).
       quadratic:       t = t_lo + (t_hi - t_lo) (1 - u)^2 (DDIM's "quad" spacing).
       karras:          sigma_ve^(1/rho) linear in u (EDM, Eq. 5), mapped back to t.
+      uniform_t_to_zero: t_k = t_max (1 - k / steps), k = 0 .. steps: equal steps in t all the
+                       way to the clean point (t_min is t_max / steps; no t_min or t_end).
+                       Nested: the grid of 2N steps holds every point of the grid of N steps
+                       (progressive distillation, Salimans & Ho 2022).
 
     ``steps`` is the number of solver steps.  Without ``t_end`` the grid has ``steps`` noisy
     points, t_max ... t_min, followed by the clean point (steps = 1 gives [t_max, clean]).  With
@@ -382,6 +387,14 @@ def sampling_grid(schedule: Schedule, steps: int, kind: str = "uniform_t", *,
     if kind not in GRID_KINDS:
         raise ValueError(f"unknown grid kind {kind!r}; choose one of {GRID_KINDS}")
     t_hi = schedule.t_max if t_max is None else float(t_max)
+    if kind == "uniform_t_to_zero":
+        if t_min is not None or t_end is not None:  # CLEAN_END_ONLY
+            raise ValueError("grid kind 'uniform_t_to_zero' ends at t = 0: it takes no t_min "
+                             "or t_end")
+        if not 0.0 < t_hi <= 1.0:
+            raise ValueError(f"grid needs 0 < t_max <= 1, got t_max={t_hi}")
+        t = t_hi * (1.0 - np.arange(int(steps)) / int(steps))
+        return grid_from_times(schedule, jnp.asarray(np.append(t, 0.0), jnp.float32))
     if t_end is not None:
         if t_min is not None:
             raise ValueError("a grid ending at a noisy t_end takes no t_min (t_end is its last "

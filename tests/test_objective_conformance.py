@@ -4,20 +4,24 @@ default config section on a tiny 1-D network, so a newly registered objective ge
 
 * its own check accepts its defaults and rejects NaN in each numeric field, naming it;
 * ``init`` gives a pytree; ``loss`` is a finite float32 scalar with finite, non-zero gradients
-  with respect to the main parameters, the same with and without jit, and a function of the key;
+  with respect to the main parameters, the same value with and without jit, and a function of
+  the key;
 * ``update_extra`` and ``host_update`` keep the extra state's structure, shapes and dtypes.
 """
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from jaxdiff import config as C
 from jaxdiff.errors import ConfigError
 from jaxdiff.jobs.spec import build_spec
+from jaxdiff.models import NETWORKS
 from jaxdiff.objectives import OBJECTIVES, build_objective, objective_config
 from tests.plugins import toy_method  # noqa: F401  (registers the test-only objective)
 
+C.ensure_registered()  # every package that registers objectives (jaxdiff.distill too)
 SHAPE = (16, 2)
 NUM_CLASSES = 3
 
@@ -34,7 +38,29 @@ def _config(name):
     model.update(OBJECTIVES.entry(name).meta.get("test_model_overrides", {}))
     config = C.base_config(default_data_config("signals1d"), model)
     config.objective = objective_config(name)
+    for dotted, value in OBJECTIVES.entry(name).meta.get("test_config", {}).items():
+        section, field = dotted.split(".")
+        config[section][field] = value
     return config
+
+
+class _TeacherSpec:
+    """The run's spec, handing a distillation its teacher from memory: a freshly initialised
+    network of the run's config without the fields only students have."""
+
+    def __init__(self, spec, config, name):
+        self._spec = spec
+        teacher_config = config.copy_and_resolve_references()
+        for field in OBJECTIVES.entry(name).meta.get("student_fields", ()):
+            teacher_config.model[field] = NETWORKS.default_config(config.model.name)[field]
+        self._teacher = build_spec(teacher_config, NUM_CLASSES, SHAPE)
+
+    def __getattr__(self, name):
+        return getattr(self._spec, name)
+
+    def load_denoiser(self, workdir, step):
+        del workdir, step
+        return self._teacher.denoiser(self._teacher.init_params())
 
 
 def _numeric_fields(section):
@@ -46,8 +72,10 @@ def _numeric_fields(section):
 def built(request):
     config = _config(request.param)
     spec = build_spec(config, NUM_CLASSES, SHAPE)
+    if OBJECTIVES.entry(request.param).meta.get("family") == "distill":
+        spec = _TeacherSpec(spec, config, request.param)
     objective = build_objective(spec, config)
-    params = spec.init_params()
+    params = objective.initial_params(spec.init_params())
     extra = objective.init(params, jax.random.key(3))
     batch = dict(x=jax.random.normal(jax.random.key(4), (4,) + SHAPE),
                  label=jnp.arange(4, dtype=jnp.int32) % NUM_CLASSES)
@@ -59,7 +87,9 @@ def test_defaults_pass_and_bad_values_are_named(built):
     C.validate(config, num_classes=NUM_CLASSES, example_shape=SHAPE)
     for field in _numeric_fields(config.objective):
         bad = _config(name)
-        bad.objective[field] = float("nan")
+        # A fresh section, so that an int field can hold the float NaN.
+        bad.objective = ml_collections.ConfigDict(dict(bad.objective.to_dict(),
+                                                       **{field: float("nan")}))
         with pytest.raises(ConfigError, match=f"config.objective.{field}"):
             C.validate(bad)
 
@@ -67,15 +97,15 @@ def test_defaults_pass_and_bad_values_are_named(built):
 def test_loss_is_a_finite_scalar_with_gradients_and_jit_agrees(built):
     _, _, objective, params, extra, batch = built
     key, step = jax.random.key(5), jnp.int32(0)
-    fn = jax.value_and_grad(objective.loss, has_aux=True)
+    fn = jax.jit(jax.value_and_grad(objective.loss, has_aux=True))
     (loss, metrics), grads = fn(params, extra, batch, key, step)
-    (loss_j, _), grads_j = jax.jit(fn)(params, extra, batch, key, step)
+    loss_eager, _ = objective.loss(params, extra, batch, key, step)  # forward only: fast
     chex.assert_shape(loss, ())
     chex.assert_type(loss, jnp.float32)
     chex.assert_tree_all_finite((loss, grads))
     chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) > 0
-    chex.assert_trees_all_close((loss, grads), (loss_j, grads_j), rtol=2e-5, atol=1e-6)
+    chex.assert_trees_all_close(loss, loss_eager, rtol=2e-5, atol=1e-6)
     assert all(jnp.ndim(v) == 0 for v in jax.tree.leaves(metrics))
     (other, _), _ = fn(params, extra, batch, jax.random.key(6), step)
     assert float(other) != float(loss)  # the loss draws its randomness from the key

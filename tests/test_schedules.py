@@ -78,7 +78,7 @@ def test_grid_with_a_noisy_end(name):
     no zero-noise point and clean_end False."""
     s = ALL[name]
     t_end = 0.5 * (s.t_min + s.t_max)
-    for kind in schedules.GRID_KINDS:
+    for kind in (k for k in schedules.GRID_KINDS if k not in schedules.CLEAN_END_ONLY):
         for steps in (1, 9):
             g = schedules.sampling_grid(s, steps, kind, t_end=t_end)
             sig = np.asarray(g.sigma_ve)

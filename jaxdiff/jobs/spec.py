@@ -279,7 +279,14 @@ def other_model_config(run_config, workdir: str, field: str):
     if theirs != ours:
         raise ConfigError(f"config.{field}: the model in {workdir} was trained on {theirs!r}, "
                           f"this run samples {ours!r}")
-    config.model = ml_collections.ConfigDict(saved["model"])
+    model = saved["model"]
+    try:  # fields added to jaxdiff after that model was trained, at their defaults
+        from jaxdiff.models import NETWORKS
+
+        model = dict(NETWORKS.default_config(model.get("name"), "model.name").to_dict(), **model)
+    except ConfigError:
+        pass
+    config.model = ml_collections.ConfigDict(model)
     config.diffusion = ml_collections.ConfigDict(saved["diffusion"])
     config.train.ema_decays = tuple(saved["train"]["ema_decays"])
     return config

@@ -1,4 +1,5 @@
-"""The training job: any registered objective, sharded jit steps, EMA, checkpoints, previews.
+"""The training job: any registered objective, sharded jit steps, EMA, checkpoints, previews;
+and the distillation job (``--mode=distill``), the same loop with a distillation objective.
 
 State (a pytree of two parts, the two checkpoint items; everything a resumed run needs, so it
 continues bit-for-bit):
@@ -33,11 +34,11 @@ from jaxdiff import config as C
 from jaxdiff import images as I
 from jaxdiff import parallel, samplers
 from jaxdiff.data import BatchSampler, batch_iterator, get_source
-from jaxdiff.errors import NonFiniteError
+from jaxdiff.errors import ConfigError, NonFiniteError
 from jaxdiff.jobs import rundir
 from jaxdiff.jobs.spec import RunSpec, build_spec, open_checkpoints, register_job
 from jaxdiff.jsonio import write_json
-from jaxdiff.objectives import Objective, build_objective
+from jaxdiff.objectives import Objective, build_objective, objective_family
 
 Array = jax.Array
 
@@ -90,9 +91,9 @@ def build_trainer(config, num_classes: int, example_shape,
                   kind: str | None = None) -> tuple[Trainer, dict]:
     """Builds the run; returns (trainer, freshly initialised state)."""
     spec = build_spec(config, num_classes, example_shape, kind)
-    params = spec.init_params()
-    optimizer, lr = make_optimizer(config.optim, int(config.train.num_steps))
     objective = build_objective(spec, config)
+    params = objective.initial_params(spec.init_params())
+    optimizer, lr = make_optimizer(config.optim, int(config.train.num_steps))
     rng = jax.random.key(int(config.seed) + 1)
     extra = objective.init(params, jax.random.key(int(config.seed) + 2))
     state = dict(
@@ -309,15 +310,54 @@ def _restore_state(ckpt, state, shard):
     return restored
 
 
+def _check_family(config, mode: str) -> None:
+    """The objective must be one this mode runs: distillations ``--mode=distill``, every other
+    one ``--mode=train``."""
+    C.ensure_registered(config)
+    family = objective_family(config)
+    if family != mode:
+        what = "a distillation" if family == "distill" else "not a distillation"
+        raise ConfigError(f"config.objective.name={config.objective.name!r} is {what}: run it "
+                          f"with --mode={family}")
+
+
 def _preflight(config, workdir: str, earlier) -> None:
     del earlier
+    _check_family(config, "train")
+    rundir.check_compatible(workdir, config, "train")
+
+
+def _distill_preflight(config, workdir: str, earlier) -> None:
+    del earlier
+    from jaxdiff.distill.teacher import check_student, check_teacher_exists
+    from jaxdiff.objectives import OBJECTIVES
+
+    _check_family(config, "distill")
+    check_teacher_exists(config)
+    fields = OBJECTIVES.entry(config.objective.name).meta.get("student_fields", ())
+    check_student(config, fields)
     rundir.check_compatible(workdir, config, "train")
 
 
 @register_job("train", preflight=_preflight)
 def train(config, workdir: str) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns a summary dict (also written as
-    ``workdir/train_summary.json``).
+    ``workdir/train_summary.json``).  See ``run_training``."""
+    return run_training(config, workdir, "train")
+
+
+@register_job("distill", preflight=_distill_preflight)
+def distill(config, workdir: str) -> dict:
+    """Distils the model of ``config.distill.teacher_workdir`` into a student in ``workdir``
+    with the distillation objective ``config.objective`` (``jaxdiff.distill``): the training
+    loop of ``--mode=train`` (checkpoints, exact resume, previews), whose student starts from
+    the teacher's weights and whose teacher rides in the objective's extra state (restored
+    from the teacher's ``model`` item alone).  The summary is ``workdir/train_summary.json``."""
+    return run_training(config, workdir, "distill")
+
+
+def run_training(config, workdir: str, mode: str) -> dict:
+    """The loop of ``--mode=train`` and ``--mode=distill`` (``mode``); returns the summary.
 
     Before anything is built: the config is validated against the data and devices, and, when
     ``workdir`` holds checkpoints, against the config they were trained with
@@ -326,6 +366,9 @@ def train(config, workdir: str) -> dict:
     steps in a row were skipped by the non-finite guard.
     """
     C.validate(config)
+    _check_family(config, mode)
+    if mode == "distill":
+        _distill_preflight(config, workdir, ())
     parallel.maybe_initialize_distributed(config)
     mesh = parallel.make_mesh(config.mesh)
     tc = config.train
@@ -439,7 +482,9 @@ def train(config, workdir: str) -> dict:
     summary = dict(step=step, num_steps=num_steps, stopped=reason, last_metrics=last_metrics,
                    skipped_nonfinite_steps=guard.total,
                    first_step_seconds_incl_compile=compile_s, sample_grid=grid_path,
-                   devices=jax.device_count(), processes=jax.process_count())
+                   devices=jax.device_count(), processes=jax.process_count(),
+                   **({"objective": trainer.objective.summary()}
+                      if trainer.objective.summary() else {}))
     if is_main:
         write_json(os.path.join(workdir, "train_summary.json"), summary)
         if writer is not None:
@@ -454,6 +499,6 @@ def train(config, workdir: str) -> dict:
     return summary
 
 
-__all__ = ["Trainer", "build_trainer", "compile_train_step", "learning_rate_schedule",
+__all__ = ["Trainer", "build_trainer", "distill", "run_training", "compile_train_step", "learning_rate_schedule",
            "make_optimizer", "make_train_step", "place_state", "preview_params",
            "preview_samples", "state_shardings", "train", "write_preview"]

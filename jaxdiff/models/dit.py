@@ -140,6 +140,7 @@ class DiT(nnx.Module):
       mlp_ratio: MLP hidden width / D.
       dropout: dropout rate on attention and MLP outputs (active only with a dropout key).
       cond_dim: > 0 selects continuous conditioning vectors of this width.
+      guidance_embedding: also embed a guidance weight (``layers.ConditionEmbedding``).
       noise_scale: c_noise multiplier before the sinusoidal embedding.
       dtype: compute dtype (parameters are float32).
       exit_heads: add DeeDiff exit and uncertainty heads after blocks 0 .. depth - 2.
@@ -148,7 +149,7 @@ class DiT(nnx.Module):
     def __init__(self, *, data_shape: tuple[int, int, int], num_classes: int, patch_size: int,
                  hidden_size: int, depth: int, num_heads: int, mlp_ratio: float, dropout: float,
                  cond_dim: int, noise_scale: float, dtype: Any, rngs: nnx.Rngs,
-                 exit_heads: bool = False):
+                 exit_heads: bool = False, guidance_embedding: bool = False):
         _, _, channels = data_shape
         self.data_shape = tuple(data_shape)
         self.patch_size = patch_size
@@ -159,7 +160,8 @@ class DiT(nnx.Module):
                                       rngs=rngs)
         self.embed = layers.ConditionEmbedding(
             hidden_size, freq_dim=FREQ_DIM, num_classes=num_classes, cond_dim=cond_dim,
-            noise_scale=noise_scale, dtype=dtype, rngs=rngs)
+            noise_scale=noise_scale, dtype=dtype, rngs=rngs,
+            guidance_embedding=guidance_embedding)
         self.blocks = nnx.List([
             DiTBlock(hidden_size, num_heads=num_heads, mlp_ratio=mlp_ratio, rate=dropout,
                      dtype=dtype, rngs=rngs) for _ in range(depth)])

@@ -188,10 +188,18 @@ class ConditionEmbedding(nnx.Module):
       num_classes: K, the number of real classes (used when cond_dim == 0).
       cond_dim: width of continuous condition vectors; 0 selects class conditioning.
       noise_scale: multiplier applied to c_noise before the sinusoidal features.
+      guidance_embedding: the network also takes a guidance weight w (a guided-distilled
+        student, Meng et al. 2023, Sec. 4.1): cond is then ``{"cond": condition, "w": (B,)}``
+        (``jaxdiff.cond.with_guidance_weight``) and MLP(sinusoidal(W_SCALE w)) is added to the
+        embedding.  Its output layer starts at zero, so a student initialised from its teacher
+        predicts the teacher's output at every w; a bare condition means w = 0.
     """
 
+    W_SCALE = 250.0  # w in Meng et al.'s [0, 4] spans the phases of t * 1000 for t in [0, 1]
+
     def __init__(self, emb_dim: int, *, freq_dim: int, num_classes: int, cond_dim: int,
-                 noise_scale: float, dtype: Any, rngs: nnx.Rngs):
+                 noise_scale: float, dtype: Any, rngs: nnx.Rngs,
+                 guidance_embedding: bool = False):
         self.freq_dim = freq_dim
         self.noise_scale = noise_scale
         self.num_classes = num_classes
@@ -204,14 +212,28 @@ class ConditionEmbedding(nnx.Module):
             self.cond_out = nnx.Linear(emb_dim, emb_dim, dtype=dtype, rngs=rngs)
         else:
             self.class_table = nnx.Embed(num_classes + 1, emb_dim, dtype=dtype, rngs=rngs)
+        self.guidance_embedding = bool(guidance_embedding)
+        if self.guidance_embedding:
+            self.w_in = nnx.Linear(freq_dim, emb_dim, dtype=dtype, rngs=rngs)
+            self.w_out = nnx.Linear(emb_dim, emb_dim, kernel_init=nnx.initializers.zeros,
+                                    dtype=dtype, rngs=rngs)
 
     def __call__(self, c_noise: Array, cond: Any) -> Array:
         """c_noise: (B,) float; cond: None, (B,) int class indices in [0, K], or (B, cond_dim)
-        float.  None means the null class (class models) or the zero vector (continuous).
+        float.  None means the null class (class models) or the zero vector (continuous).  With
+        ``guidance_embedding``, also ``{"cond": one of those, "w": (B,) float}``.
         Returns (B, emb_dim) in the compute dtype."""
         batch = c_noise.shape[0]
         feats = sinusoidal_embedding(self.noise_scale * c_noise, self.freq_dim).astype(self.dtype)
         emb = self.noise_out(jax.nn.silu(self.noise_in(feats)))
+        if isinstance(cond, dict) and "w" in cond:
+            if not self.guidance_embedding:
+                raise ValueError("cond carries a guidance weight w, but the network has no "
+                                 "guidance embedding (config.model.guidance_embedding=False)")
+            w = jnp.broadcast_to(jnp.asarray(cond["w"], jnp.float32), (batch,))
+            w_feats = sinusoidal_embedding(self.W_SCALE * w, self.freq_dim).astype(self.dtype)
+            emb = emb + self.w_out(jax.nn.silu(self.w_in(w_feats)))
+            cond = cond["cond"]
         if self.cond_dim > 0:
             if cond is None:
                 cond = jnp.zeros((batch, self.cond_dim), self.dtype)

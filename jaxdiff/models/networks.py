@@ -18,8 +18,8 @@ Each network module registers itself on import:
       test_overrides   field values that make ``defaults()`` tiny for tests;
       test_bad_fields  {field: value} pairs the network's own ``check`` must reject.
 
-The common fields (name, dropout, cond_dim, noise_scale, dtype) are checked once, here, for
-every network.
+The common fields (name, dropout, cond_dim, noise_scale, dtype, guidance_embedding) are checked
+once, here, for every network.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from jaxdiff.registry import Registry
 
 NETWORKS = Registry("network")
 
-COMMON_FIELDS = ("name", "dropout", "cond_dim", "noise_scale", "dtype")
+COMMON_FIELDS = ("name", "dropout", "cond_dim", "noise_scale", "dtype",
+                 "guidance_embedding")
 
 
 def common_defaults(name: str) -> ml_collections.ConfigDict:
@@ -44,13 +45,16 @@ def common_defaults(name: str) -> ml_collections.ConfigDict:
         cond_dim=0,          # > 0: continuous condition vectors of this width; 0: class labels
         noise_scale=1000.0,  # c_noise multiplier before the sinusoidal embedding
         dtype="float32",     # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+        guidance_embedding=False,  # also embed a guidance weight w (guided distillation)
     ))
 
 
 def common_kwargs(cfg) -> dict:
-    """Constructor keywords of the common fields: dropout, cond_dim, noise_scale, dtype."""
+    """Constructor keywords of the common fields: dropout, cond_dim, noise_scale, dtype,
+    guidance_embedding."""
     return dict(dropout=float(cfg.dropout), cond_dim=int(cfg.cond_dim),
-                noise_scale=float(cfg.noise_scale), dtype=DTYPES[cfg.dtype])
+                noise_scale=float(cfg.noise_scale), dtype=DTYPES[cfg.dtype],
+                guidance_embedding=bool(cfg.get("guidance_embedding", False)))
 
 
 def check_common(cfg, example_shape, num_classes: int) -> None:
@@ -89,6 +93,9 @@ def check_common(cfg, example_shape, num_classes: int) -> None:
                          f"conditioning, but num_classes = {num_classes}; use one or the other")
     if not isinstance(cfg.noise_scale, numbers.Real) or not cfg.noise_scale > 0:
         raise ConfigError(f"config.model.noise_scale must be > 0, got {cfg.noise_scale!r}")
+    if not isinstance(cfg.guidance_embedding, bool):
+        raise ConfigError(f"config.model.guidance_embedding must be True or False, "
+                         f"got {cfg.guidance_embedding!r}")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"config.model.dtype: unknown {cfg.dtype!r}; choose one of "
                          f"{list(DTYPES)}")

@@ -176,6 +176,7 @@ class UNet(nnx.Module):
       kernel_size: taps of every convolution along each spatial axis (odd; 3 gives 3x3 convs).
       cond_dim: > 0 selects continuous conditioning vectors of this width.
       noise_scale: c_noise multiplier before the sinusoidal embedding.
+      guidance_embedding: also embed a guidance weight (``layers.ConditionEmbedding``).
       dtype: compute dtype (parameters are float32).
       exit_heads: add DeeDiff exit and uncertainty heads after every decoder stage but the
         last (``jaxdiff.models.early_exit``; the encoder always runs, its skips feed the
@@ -186,7 +187,8 @@ class UNet(nnx.Module):
                  base_channels: int, channel_mult: tuple[int, ...], num_res_blocks: int,
                  attn_resolutions: tuple[int, ...], num_heads: int, dropout: float,
                  num_groups: int, resample: str, kernel_size: int = 3, cond_dim: int,
-                 noise_scale: float, dtype: Any, rngs: nnx.Rngs, exit_heads: bool = False):
+                 noise_scale: float, dtype: Any, rngs: nnx.Rngs, exit_heads: bool = False,
+                 guidance_embedding: bool = False):
         size, *_, channels = data_shape
         kernel = (kernel_size,) * (len(data_shape) - 1)
         self.data_shape = tuple(data_shape)
@@ -194,7 +196,8 @@ class UNet(nnx.Module):
         emb_dim = 4 * base_channels  # ADM / DDPM: time-embedding width 4 x base width
         self.embed = layers.ConditionEmbedding(
             emb_dim, freq_dim=base_channels, num_classes=num_classes, cond_dim=cond_dim,
-            noise_scale=noise_scale, dtype=dtype, rngs=rngs)
+            noise_scale=noise_scale, dtype=dtype, rngs=rngs,
+            guidance_embedding=guidance_embedding)
         common = dict(kernel=kernel, emb_dim=emb_dim, num_heads=num_heads,
                       num_groups=num_groups, rate=dropout, dtype=dtype, rngs=rngs)
         resampling = dict(kernel=kernel, resample=resample, dtype=dtype, rngs=rngs)

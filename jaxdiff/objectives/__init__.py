@@ -5,7 +5,7 @@ picks one.
 """
 from jaxdiff.objectives import deediff, denoising  # noqa: F401  (register their objectives)
 from jaxdiff.objectives.base import (OBJECTIVES, Objective, build_objective, objective_config,
-                                     register_objective)
+                                     objective_family, register_objective)
 
-__all__ = ["OBJECTIVES", "Objective", "build_objective", "objective_config",
+__all__ = ["OBJECTIVES", "Objective", "build_objective", "objective_config", "objective_family",
            "register_objective"]

@@ -22,7 +22,16 @@ training job builds it with ``build(spec, config)`` and calls only these methods
       "the loss has plateaued, move to the next stage"). It must be a deterministic function
       of its arguments so a resumed run decides the same. Default: unchanged.
 
-Every method is pure; all randomness comes from ``key``.
+  initial_params(params) -> params
+      The main network's parameters at step 0, given its fresh initialisation: a distillation
+      starts its student from the teacher's weights.  Default: unchanged.
+  summary() -> dict
+      What the job's summary should tell about the run (e.g. which checkpoint holds which
+      distillation round).  Default: empty.
+
+Every method is pure; all randomness comes from ``key``.  An objective registered with
+``family='distill'`` is run by ``--mode=distill`` (``jaxdiff.distill``), every other one by
+``--mode=train``.
 """
 from __future__ import annotations
 
@@ -44,6 +53,12 @@ class Objective:
         del params, key
         return {}
 
+    def initial_params(self, params):
+        return params
+
+    def summary(self) -> dict:
+        return {}
+
     def loss(self, params, extra, batch: dict, key: Array, step: Array) -> tuple[Array, dict]:
         raise NotImplementedError
 
@@ -62,8 +77,11 @@ def register_objective(name: str, *, defaults: Callable | None = None,
 
     defaults: () -> ConfigDict of the objective's own fields, merged into ``config.objective``.
     check: check(section, config) raising ConfigError naming a bad ``config.objective`` field.
-    meta: e.g. ``test_model_overrides`` = {model field: value} the objective needs of the network
-      (read by tests/test_objective_conformance.py).
+    meta: ``family`` ('distill' for the objectives ``--mode=distill`` runs); for distillations
+      ``student_fields``, the network fields the student may set that its teacher lacks; and
+      for tests/test_objective_conformance.py ``test_model_overrides`` = {model field: value}
+      the objective needs of the network and ``test_config`` = {dotted field: value} the rest
+      of the config must hold for its check.
     """
     return OBJECTIVES.register(name, defaults=defaults, check=check, **meta)
 
@@ -72,6 +90,11 @@ def objective_config(name: str = "denoising", **fields):
     """A ``config.objective`` section: ``name`` plus the objective's default fields, updated by
     ``fields`` (an unknown field raises ConfigError)."""
     return OBJECTIVES.section(name, "objective", **fields)
+
+
+def objective_family(config) -> str:
+    """'distill' for a distillation objective, 'train' for every other one."""
+    return OBJECTIVES.entry(config.objective.name, "objective.name").meta.get("family", "train")
 
 
 def build_objective(spec, config) -> Objective:

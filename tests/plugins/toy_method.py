@@ -35,12 +35,13 @@ class ToyMLP(nnx.Module):
     (B, *shape) float32."""
 
     def __init__(self, data_shape, num_classes, *, width, dropout, cond_dim, noise_scale,
-                 dtype, rngs):
+                 dtype, rngs, guidance_embedding=False):
         self.data_shape = tuple(data_shape)
         size = int(np.prod(self.data_shape))
         self.embed = layers.ConditionEmbedding(width, freq_dim=32, num_classes=num_classes,
                                                cond_dim=cond_dim, noise_scale=noise_scale,
-                                               dtype=dtype, rngs=rngs)
+                                               dtype=dtype, rngs=rngs,
+                                               guidance_embedding=guidance_embedding)
         self.inp = nnx.Linear(size, width, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(width, size, kernel_init=nnx.initializers.zeros, dtype=dtype,
                               rngs=rngs)
