@@ -16,13 +16,40 @@ import numpy as np
 import pytest
 
 from jaxdiff import schedules
+from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.errors import ConfigError
 from jaxdiff.guidance import GUIDANCE, build_guidance, check_guidance, guidance_config
+from jaxdiff.guidance.cfg import CFG
 from jaxdiff.toy import gmm as G
+from jaxdiff.config import ensure_registered
 from tests.plugins import toy_method  # noqa: F401  (registers the test-only transform)
+
+ensure_registered()  # every package that registers a transform (jaxdiff.distill too)
 
 MIX = G.toy_mixture_2d(num_classes=3)
 DEN = G.oracle_denoiser(MIX, schedules.EDM())
+
+
+@dataclasses.dataclass(frozen=True)
+class _TakesW(DenoiserBase):
+    """For a transform registered with ``inner_takes_w`` (a guided-distilled student's): the
+    exact model whose condition carries a guidance weight, CFG of the oracle at s = w + 1."""
+
+    inner: DenoiserBase
+
+    @property
+    def schedule(self):
+        return self.inner.schedule
+
+    def x0(self, x, t, cond=None):
+        return CFG(self.inner, scale=cond["w"] + 1.0, null=MIX.num_classes)(x, t, cond["cond"])
+
+
+jax.tree_util.register_dataclass(_TakesW, data_fields=["inner"], meta_fields=[])
+
+
+def _inner(name):
+    return _TakesW(DEN) if GUIDANCE.entry(name).meta.get("inner_takes_w") else DEN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +71,8 @@ class _Spec:
         import ml_collections
 
         return ml_collections.ConfigDict(dict(sample=dict(sampler="ddim", steps=10,
-                                                          grid="karras", options={})))
+                                                          grid="karras", options={}),
+                                              model=dict(guidance_embedding=True)))
 
     def load_denoiser(self, workdir, step):
         """A weaker model of the same data: the oracle of the mixture with wider components."""
@@ -83,7 +111,7 @@ def test_defaults_pass_and_bad_values_are_named(name):
 
 @pytest.mark.parametrize("name", sorted(GUIDANCE))
 def test_shape_dtype_jit_and_batch_invariance(name):
-    den = build_guidance(DEN, guidance_config(name), _Spec())
+    den = build_guidance(_inner(name), guidance_config(name), _Spec())
     x, t, y = _inputs(3)
 
     outs = [fn(den, x, t, y) for fn in (jax.jit(lambda d, x, t, y: d(x, t, y)),
@@ -115,6 +143,6 @@ def test_numeric_fields_are_traced(name):
         s = guidance_config(name)
         for field in fields:
             s[field] = float(s[field]) + bump if field != "t_hi" else float(s[field])
-        outs.append(call(build_guidance(DEN, s, _Spec()), x, t, y))
+        outs.append(call(build_guidance(_inner(name), s, _Spec()), x, t, y))
     assert len(traces) == 1, f"{name}: a new value of {fields} recompiled"
     assert not np.array_equal(np.asarray(outs[0]), np.asarray(outs[1]))

@@ -81,7 +81,7 @@ def _check_distilled(section):
 
 
 @register_guidance("distilled", defaults=_distilled_defaults, check=_check_distilled,
-                   evals_per_call=lambda section: 1)
+                   evals_per_call=lambda section: 1, inner_takes_w=True)
 def build_distilled(inner, section, spec):
     """A guided-distilled student at the section's scale."""
     if not spec.config.model.guidance_embedding:

@@ -80,15 +80,17 @@ def check_scale_and_interval(section) -> None:
 
 def register_guidance(name: str, *, defaults: Callable | None = None,
                       check: Callable | None = None,
-                      evals_per_call: Callable | None = None):
+                      evals_per_call: Callable | None = None, **meta):
     """Registers ``build(inner, section, spec) -> Denoiser`` under ``name`` (a decorator).
 
     defaults: () -> ConfigDict of the transform's fields (without ``name``).
     check: check(section) raising ConfigError naming a bad ``config.guidance`` field.
     evals_per_call: section -> network evaluations per guided call (default 1).
+    meta: e.g. ``inner_takes_w=True`` for a transform whose inner Denoiser takes a guidance
+      weight in its condition (read by tests/test_guidance_conformance.py).
     """
     return GUIDANCE.register(name, defaults=defaults, check=check,
-                             evals_per_call=evals_per_call or (lambda section: 1))
+                             evals_per_call=evals_per_call or (lambda section: 1), **meta)
 
 
 def guidance_config(name: str = "none", **fields) -> ml_collections.ConfigDict:

@@ -63,12 +63,12 @@ def preflight(config, workdir: str, modes) -> None:
 
 
 def needs_checkpoint(config, workdir: str, earlier, step: int | None = None) -> None:
-    """Preflight of the jobs that use a trained model: unless ``train`` runs first, a
-    checkpoint (``step``, or any when None or < 0) is there and was trained with this config's
-    model fields."""
+    """Preflight of the jobs that use a trained model: unless ``train`` or ``distill`` runs
+    first, a checkpoint (``step``, or any when None or < 0) is there and was trained with this
+    config's model fields."""
     from jaxdiff.jobs import rundir
 
-    if "train" in earlier:
+    if "train" in earlier or "distill" in earlier:
         return
     steps = rundir.checkpoint_steps(workdir)
     if not steps:

@@ -499,6 +499,6 @@ def run_training(config, workdir: str, mode: str) -> dict:
     return summary
 
 
-__all__ = ["Trainer", "build_trainer", "distill", "run_training", "compile_train_step", "learning_rate_schedule",
+__all__ = ["Trainer", "build_trainer", "compile_train_step", "distill", "learning_rate_schedule",
            "make_optimizer", "make_train_step", "place_state", "preview_params",
-           "preview_samples", "state_shardings", "train", "write_preview"]
+           "preview_samples", "run_training", "state_shardings", "train", "write_preview"]
