@@ -148,12 +148,24 @@ def run(args, progress) -> dict:
                                                                   "progressive"),
                                      plan["progressive"], r["checkpoint_step"], n,
                                      steps=r["student_steps"], scale=other))
-    costs = {}
+    costs, minutes = {}, {}
     for stage, wd in (("stage one", plan["guided"]), ("stage two", plan["progressive"])):
-        with open(os.path.join(wd, "train_summary.json")) as f:
-            costs[stage] = json.load(f)["step"]
+        costs[stage], minutes[stage] = training_cost(wd)
     return dict(teacher_config=TEACHER_CONFIG, distill_config=DISTILL_CONFIG, scale=s,
-                samples=n, rounds=rounds, distill_steps=costs, rows=rows)
+                samples=n, rounds=rounds, distill_steps=costs, distill_minutes=minutes,
+                rows=rows)
+
+
+def training_cost(workdir: str) -> tuple[int, float]:
+    """(optimizer steps, wall minutes) of the job that trained ``workdir``: from its
+    ``config.json`` (written when the job starts) to its ``train_summary.json``."""
+    import json
+
+    summary = os.path.join(workdir, "train_summary.json")
+    with open(summary) as f:
+        steps = json.load(f)["step"]
+    start = os.path.getmtime(os.path.join(workdir, "config.json"))
+    return steps, (os.path.getmtime(summary) - start) / 60.0
 
 
 def _main_rows(result):
@@ -185,7 +197,7 @@ def markdown(result: dict) -> str:
              f"- Teacher: `{result['teacher_config']}`; students: "
              f"`{result['distill_config']}` (`:guided` {result['distill_steps']['stage one']} "
              f"steps, `:progressive` {result['distill_steps']['stage two']} steps in "
-             f"{len(result['rounds'])} rounds); EMA parameters.",
+             f"{len(result['rounds'])} rounds); EMA parameters." + _minutes(result),
              "- Rows: DDIM (eta 0); the teacher evaluates both CFG branches every step (2 "
              "network calls), a student one; wall time of the sampling calls after a warm-up "
              "call, batches of 250.",
@@ -200,6 +212,14 @@ def markdown(result: dict) -> str:
                      f"{r['network_calls']} | {r['fd']:.3f} | {r['accuracy']:.3f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_1000']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _minutes(result: dict) -> str:
+    m = result.get("distill_minutes")
+    if not m:
+        return ""
+    return (f"  Training cost on this machine: stage one {m['stage one']:.1f} min, stage two "
+            f"{m['stage two']:.1f} min of wall time (2 cores).")
 
 
 def plot(result: dict, path: str) -> None:

@@ -75,7 +75,8 @@ def test_registry_is_the_shared_helper():
     from jaxdiff.registry import Registry
 
     assert isinstance(samplers.SAMPLERS, Registry) and samplers.SAMPLERS.kind == "sampler"
-    assert sorted(samplers.SAMPLERS) == sorted(DETERMINISTIC + ["ddpm", "evodiff", "heun_sde"])
+    assert sorted(samplers.SAMPLERS) == sorted(DETERMINISTIC + ["consistency", "ddpm", "evodiff",
+                                                                "heun_sde"])
     spec = samplers.SAMPLERS["heun_sde"]
     assert isinstance(spec, samplers.SamplerSpec) and spec.stochastic
     assert spec.traced_options == ("s_churn", "s_noise", "s_tmax", "s_tmin")

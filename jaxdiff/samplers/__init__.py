@@ -2,6 +2,7 @@
 
 Importing this package registers every sampler module.
 """
+from jaxdiff.samplers import consistency  # noqa: F401  (registers consistency)
 from jaxdiff.samplers import ddim  # noqa: F401  (registers ddim, ddpm)
 from jaxdiff.samplers import dpm_solver  # noqa: F401  (registers dpmpp_2m, dpmpp_3m)
 from jaxdiff.samplers import euler  # noqa: F401  (registers euler)
