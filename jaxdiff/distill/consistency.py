@@ -6,12 +6,14 @@ The consistency function.  On the scaled state y = x / alpha at noise level sigm
 (``samplers.base``), Song et al. (Sec. 3, their Appendix C on EDM) write
 
     f(y, sigma) = c_skip(sigma) y + c_out(sigma) F(y, sigma),
-    c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2),   c_out = sd (sigma - sigma_min) / sqrt(sd^2 + sigma^2)
+    c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2),
+    c_out  = sd (sigma - sigma_min) / sqrt(sd^2 + sigma^2)
 
 so f(y, sigma_min) = y exactly (the boundary condition).  With EDM's D = c_skip^edm y +
 c_out^edm F this is, for any x0-estimate D of any parameterization,
 
-    f = c_skip y + ((sigma - sigma_min) / sigma) (D - c_skip^edm y),     c_skip^edm = sd^2 / (sigma^2 + sd^2),
+    f = c_skip y + ((sigma - sigma_min) / sigma) (D - c_skip^edm y),
+    c_skip^edm = sd^2 / (sigma^2 + sd^2),
 
 which is ``ConsistencyFunction``: exactly Song et al.'s on an EDM network, the same function of
 the x0-estimate on any other.  sigma_min is the schedule's sigma_ve at ``t_min``.

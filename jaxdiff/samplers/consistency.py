@@ -13,7 +13,8 @@ consistency function's boundary (Algorithm 1 re-noises to sqrt(tau^2 - eps^2)). 
 one-step generation; every further point trades one more evaluation for a sample closer to the
 data.  The grid to use is ``uniform_t_to_zero``: Karras's spacing jumps from its last noisy
 point to zero, while ``karras`` and ``uniform_t`` end at t_min, where f is the identity, so
-their last evaluation would be wasted (2 steps on them equal 1).  Partial solves end with the re-noised state at the grid's last point.
+their last evaluation would be wasted (2 steps on them equal 1).  Partial solves end with the
+re-noised state at the grid's last point.
 """
 from __future__ import annotations
 
