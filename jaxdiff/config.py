@@ -280,6 +280,29 @@ register_section("mesh", defaults=default_mesh_config, check=_check_mesh)
 # the base config, loading and validation
 # ------------------------------------------------------------------------------------------------
 
+# Sections whose ``name`` selects a registered component with its own fields.
+NAMED_SECTIONS = {"model": ("jaxdiff.models", "NETWORKS"),
+                  "objective": ("jaxdiff.objectives", "OBJECTIVES"),
+                  "guidance": ("jaxdiff.guidance", "GUIDANCE")}
+
+
+def complete_named_sections(config) -> None:
+    """Adds to each named section (``NAMED_SECTIONS``) the default fields of the component its
+    ``name`` selects that it lacks, in place; fields already there are kept.  So switching a
+    component on the command line (``--config.guidance.name=apg``) gets that component's
+    defaults.  An unknown name is left for ``validate`` to report."""
+    for section, (module, registry) in NAMED_SECTIONS.items():
+        reg = getattr(importlib.import_module(module), registry)
+        node = config.get(section)
+        if node is None or node.get("name") not in reg:
+            continue
+        defaults = reg.default_config(node.name)
+        with node.unlocked():
+            for field, value in defaults.items():
+                if field not in node:
+                    node[field] = value
+
+
 def base_config(data_cfg, model_cfg) -> ml_collections.ConfigDict:
     """A complete config with every registered section, to be specialised by ``configs/*.py``."""
     ensure_registered()
@@ -311,6 +334,8 @@ def load_config_file(path: str, overrides: dict | None = None) -> ml_collections
         if leaf not in node:
             raise KeyError(f"unknown config field {dotted!r}")
         node[leaf] = tuple(value) if isinstance(value, list) else value
+    ensure_registered(config)
+    complete_named_sections(config)
     return config
 
 

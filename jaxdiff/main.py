@@ -197,6 +197,7 @@ def _main(argv):
     if not _WORKDIR.value:
         raise UsageError("--workdir is required, e.g. --workdir=runs/mnist5k")
     C.ensure_registered(config)
+    C.complete_named_sections(config)
     unknown = [m for m in _MODE.value if m not in JOBS]
     if unknown or not _MODE.value:
         raise UsageError(f"--mode: unknown {unknown}; choose from {sorted(JOBS)}")

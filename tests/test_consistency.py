@@ -19,6 +19,7 @@ from jaxdiff.distill.consistency import (ConsistencyFunction, consistency_loss, 
                                          heun_ode_step, karras_sigma, sigma_min_of)
 from jaxdiff.errors import ConfigError
 from jaxdiff.toy.gmm import oracle_denoiser, toy_mixture_2d
+from tests.helpers.toy_nets import mlp_2d
 
 SCHED = schedules.EDM()
 GMM = toy_mixture_2d()
@@ -123,28 +124,8 @@ def test_bad_sections_are_named():
 # consistency distillation against the exact teacher (a small MLP student)
 # ------------------------------------------------------------------------------------------------
 
-def _mlp(width=64):
-    from flax import nnx
-
-    from jaxdiff.models import layers
-
-    class MLP(nnx.Module):
-        def __init__(self, rngs):
-            self.embed = layers.ConditionEmbedding(width, freq_dim=32,
-                                                   num_classes=GMM.num_classes, cond_dim=0,
-                                                   noise_scale=1000.0, dtype=jnp.float32,
-                                                   rngs=rngs)
-            self.inp = nnx.Linear(2, width, rngs=rngs)
-            self.hidden = nnx.Linear(width, width, rngs=rngs)
-            self.out = nnx.Linear(width, 2, rngs=rngs)
-
-        def __call__(self, x, c_noise, cond=None, dropout_key=None):
-            e = self.embed(c_noise, cond)
-            h = jax.nn.silu(self.inp(x) + e)
-            return self.out(jax.nn.silu(self.hidden(h) + e))
-
-    graphdef, state = nnx.split(MLP(nnx.Rngs(0)))
-    return graphdef, nnx.to_pure_dict(state)
+def _mlp():
+    return mlp_2d(GMM.num_classes)
 
 
 @functools.lru_cache(maxsize=None)

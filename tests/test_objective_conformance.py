@@ -77,6 +77,14 @@ def built(request):
     objective = build_objective(spec, config)
     params = objective.initial_params(spec.init_params())
     extra = objective.init(params, jax.random.key(3))
+    # An objective whose loss is zero at initialisation by design (SIM: fake score = teacher)
+    # names the extra state to move off that point, so its gradients can be checked.
+    for item in OBJECTIVES.entry(request.param).meta.get("test_perturb_extra", ()):
+        leaves, tree = jax.tree.flatten(extra[item])
+        keys = jax.random.split(jax.random.key(8), len(leaves))
+        extra = dict(extra, **{item: jax.tree.unflatten(tree, [
+            leaf + 0.1 * jax.random.normal(k, leaf.shape, leaf.dtype)
+            for leaf, k in zip(leaves, keys)])})
     batch = dict(x=jax.random.normal(jax.random.key(4), (4,) + SHAPE),
                  label=jnp.arange(4, dtype=jnp.int32) % NUM_CLASSES)
     return request.param, config, objective, params, extra, batch

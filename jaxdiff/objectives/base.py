@@ -81,7 +81,8 @@ def register_objective(name: str, *, defaults: Callable | None = None,
       ``student_fields``, the network fields the student may set that its teacher lacks; and
       for tests/test_objective_conformance.py ``test_model_overrides`` = {model field: value}
       the objective needs of the network and ``test_config`` = {dotted field: value} the rest
-      of the config must hold for its check.
+      of the config must hold for its check, and ``test_perturb_extra`` = names of extra-state
+      items to move off their initial values (an objective whose loss is zero at init).
     """
     return OBJECTIVES.register(name, defaults=defaults, check=check, **meta)
 
