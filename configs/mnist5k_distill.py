@@ -16,6 +16,18 @@ two), stage two halves its DDIM steps per round by progressive distillation (Sal
 
 ``jaxdiff reproduce guided_distill_mnist5k`` runs all of it against the teacher
 (docs/methods/guided_distill_mnist5k.md).
+
+One-step and two-step generators from the same teacher, its CFG distilled in (scale 1.65):
+
+  # consistency distillation (Song et al. 2023), sampled in 1 or 2 calls
+  jaxdiff --config=configs/mnist5k_distill.py:consistency --workdir=runs/mnist5k_cd \
+      --mode=distill,sample,eval
+  # score implicit matching (Luo et al. 2024), one call
+  jaxdiff --config=configs/mnist5k_distill.py:sim --workdir=runs/mnist5k_sim \
+      --mode=distill,sample,eval
+
+``jaxdiff reproduce one_step_mnist5k`` runs both against the teacher's Heun sampler
+(docs/methods/one_step_mnist5k.md).
 """
 import os
 
@@ -29,9 +41,15 @@ GUIDED_WORKDIR = os.path.join("runs", "mnist5k_guided")
 STEPS_PER_ROUND = 300
 
 
+TEACHER_SCALE = 1.65                       # the README's CFG scale, distilled into the students
+
+
 def get_config(stage: str = "guided"):
-    """'guided': stage one from the README model; 'progressive': stage two from stage one."""
+    """'guided': stage one from the README model; 'progressive': stage two from stage one;
+    'consistency', 'sim': few-step generators from the README model."""
     config = load_config_file(os.path.join(HERE, "mnist5k.py"))
+    if stage in ("consistency", "sim"):
+        return _one_step(config, stage)
     config.model.guidance_embedding = True
     config.guidance = guidance_config("distilled", scale=1.65)  # the teacher's CFG scale
     config.optim.lr = 3e-4                 # fine-tuning from the teacher: constant, low
@@ -45,7 +63,8 @@ def get_config(stage: str = "guided"):
         config.train.checkpoint_every = 400
         return config
     if stage != "progressive":
-        raise ValueError(f"configs/mnist5k_distill.py: choose ':guided' or ':progressive', got "
+        raise ValueError(f"configs/mnist5k_distill.py: choose ':guided', ':progressive', "
+                         f"':consistency' or ':sim', got "
                          f"{stage!r}")
     config.distill.teacher_workdir = GUIDED_WORKDIR
     config.objective = objective_config("progressive_distill", teacher_steps=16, rounds=4,
@@ -57,4 +76,30 @@ def get_config(stage: str = "guided"):
     config.sample.sampler = "ddim"         # the rule the students were distilled for
     config.sample.grid = "uniform_t_to_zero"
     config.sample.steps = 1                # the last round's student
+    return config
+
+
+def _one_step(config, method):
+    """The README model distilled into a consistency model or a SIM one-step generator, each
+    with the teacher's CFG at ``TEACHER_SCALE`` in its target (sampled without guidance)."""
+    config.distill.teacher_workdir = TEACHER_WORKDIR
+    config.optim.lr_schedule = "constant"
+    config.optim.warmup_steps = 0
+    config.train.checkpoint_every = 200
+    config.sample.sampler = "ddim"
+    config.sample.steps = 1
+    if method == "consistency":
+        config.objective = objective_config("consistency_distill", num_points=18, decay=0.95,
+                                            teacher_scale=TEACHER_SCALE)
+        config.optim.lr = 2e-4
+        config.train.num_steps = 1000
+        config.guidance = guidance_config("consistency")
+        config.sample.sampler = "consistency"
+        config.sample.grid = "uniform_t_to_zero"
+        return config
+    config.objective = objective_config("sim", teacher_scale=TEACHER_SCALE, fake_lr=1e-4)
+    config.optim.lr = 1e-4
+    config.optim.b1 = 0.0                  # Adam(0, 0.999) for both networks, as SIM and SiD
+    config.train.num_steps = 600
+    config.guidance = guidance_config("one_step")
     return config

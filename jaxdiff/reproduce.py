@@ -117,7 +117,8 @@ def timed_class_balanced_samples(spec, den, samples: int, batch: int = 250) -> d
 
     The wall time covers the sampling calls after a warm-up call that compiles (the whole last
     batch is drawn even when ``samples`` does not fill it).  Returns dict(samples, fd, accuracy,
-    precision, recall, pinned, seconds, seconds_per_1000 (per sample drawn))."""
+    precision, recall, pinned, seconds, seconds_per_1000 (per sample drawn), nfe (denoiser
+    calls per sample; network calls are nfe times the guidance's evaluations per call))."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -136,6 +137,7 @@ def timed_class_balanced_samples(spec, den, samples: int, batch: int = 250) -> d
     labels = np.arange(-(-samples // batch) * batch) % max(spec.num_classes, 1)
     key = jax.random.key(int(s.seed))
     jax.block_until_ready(draw(key, jnp.asarray(labels[:batch])))   # compile
+    nfe = samplers.SAMPLERS.entry(s.sampler, "sample.sampler").obj.nfe(int(s.steps))
     out, start = [], time.perf_counter()
     for i in range(0, len(labels), batch):
         out.append(np.asarray(draw(jax.random.fold_in(key, i), jnp.asarray(labels[i:i + batch]))))
@@ -146,7 +148,19 @@ def timed_class_balanced_samples(spec, den, samples: int, batch: int = 250) -> d
     return dict(samples=samples, fd=own["fd"], accuracy=metrics["class_accuracy"],
                 precision=own["precision"], recall=own["recall"],
                 pinned=metrics["own_feature_network"]["pinned"], seconds=seconds,
-                seconds_per_1000=1000.0 * seconds / len(labels))
+                seconds_per_1000=1000.0 * seconds / len(labels), nfe=int(nfe))
+
+
+def training_cost(workdir: str) -> tuple[int, float]:
+    """(optimizer steps, wall minutes) of the job that trained ``workdir``: from its
+    ``config.json`` (written when the job starts) to its ``train_summary.json``."""
+    import json
+
+    summary = os.path.join(workdir, "train_summary.json")
+    with open(summary) as f:
+        steps = json.load(f)["step"]
+    start = os.path.getmtime(os.path.join(workdir, "config.json"))
+    return steps, (os.path.getmtime(summary) - start) / 60.0
 
 
 class Progress:

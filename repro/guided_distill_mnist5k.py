@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 
 from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               run_command_line, timed_class_balanced_samples)
+                               run_command_line, timed_class_balanced_samples, training_cost)
 
 PAPER = Paper("On Distillation of Guided Diffusion Models", "Meng et al.",
               "CVPR 2023 (arXiv 2210.03142)")
@@ -154,18 +154,6 @@ def run(args, progress) -> dict:
     return dict(teacher_config=TEACHER_CONFIG, distill_config=DISTILL_CONFIG, scale=s,
                 samples=n, rounds=rounds, distill_steps=costs, distill_minutes=minutes,
                 rows=rows)
-
-
-def training_cost(workdir: str) -> tuple[int, float]:
-    """(optimizer steps, wall minutes) of the job that trained ``workdir``: from its
-    ``config.json`` (written when the job starts) to its ``train_summary.json``."""
-    import json
-
-    summary = os.path.join(workdir, "train_summary.json")
-    with open(summary) as f:
-        steps = json.load(f)["step"]
-    start = os.path.getmtime(os.path.join(workdir, "config.json"))
-    return steps, (os.path.getmtime(summary) - start) / 60.0
 
 
 def _main_rows(result):
