@@ -1,5 +1,6 @@
 """The distill job end to end on a tiny digits model: a teacher trained by ``--mode=train``,
-a guided student (stage one) distilled from it, two progressive rounds distilled from that,
+a guided student (stage one) distilled from it (the teacher restored from its model item
+alone, no optimizer built), two progressive rounds distilled from that,
 the sampling job on the last round's one-step student; a run resumed from a checkpoint ends
 bit-identical to the uninterrupted one (the teacher switch between rounds included); a student
 network that is not the teacher's is refused naming the field."""
@@ -11,11 +12,14 @@ import jax
 import numpy as np
 import pytest
 
+from jaxdiff import checkpoint
 from jaxdiff.distill.progressive import GRID
+from jaxdiff.distill.teacher import load_teacher
 from jaxdiff.errors import ConfigError
 from jaxdiff.jobs import sample as sample_job
 from jaxdiff.jobs.samples_io import load_samples
 from jaxdiff.jobs.spec import restore_model, spec_for_data
+from jaxdiff.jobs import train as train_job
 from jaxdiff.jobs.train import distill, train
 from tests.sample_job_common import tiny_config
 
@@ -57,10 +61,29 @@ def _params(config, workdir, step):
     return params
 
 
-def test_teacher_to_guided_student_to_progressive_rounds_to_the_sampling_job(tmp_path):
+def test_teacher_to_guided_student_to_progressive_rounds_to_the_sampling_job(tmp_path,
+                                                                           monkeypatch):
     """One test (the runs build on each other, and one worker should build them once)."""
     teacher, guided, prog = (str(tmp_path / n) for n in ("teacher", "guided", "progressive"))
     train(_config(), teacher)
+
+    # The teacher is restored from its model item alone, and no optimizer is built for it.
+    items = []
+    restore = checkpoint.Checkpointer.restore
+
+    def recording_restore(self, step=None, *, target, **kw):
+        items.append(sorted(target))
+        return restore(self, step, target=target, **kw)
+
+    def no_optimizer(*args, **kwargs):
+        raise AssertionError("an optimizer was built to load the teacher")
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.Checkpointer, "restore", recording_restore)
+        m.setattr(train_job, "make_optimizer", no_optimizer)
+        spec, _ = spec_for_data(_guided_config(teacher))
+        load_teacher(spec, _guided_config(teacher))
+    assert items == [["model"]]
 
     # Stage one: every teacher weight has its place in the student; the w embedding is the
     # student's own; training moved the weights.

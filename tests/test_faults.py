@@ -32,6 +32,9 @@ import pytest
 
 from tests.helpers.cli import DIGITS, ROOT, TINY_FLAGS, cli, cli_env
 
+# One worker runs the whole module: its module-scoped runs are built once.
+pytestmark = pytest.mark.xdist_group("faults")
+
 RUNNER = os.path.join(ROOT, "tests", "helpers", "fault_runner.py")
 SAMPLE_FLAGS = ["--config.sample.num_samples=20", "--config.sample.shard_size=10",
                 "--config.train.sample_every=0"]

@@ -60,8 +60,8 @@ def test_generator_loss_gradient_is_the_score_divergence_gradient(kind):
                                   _gaussian(mean0, std0), z, None, key, distance_kind=kind,
                                   huber_c=c)[0]
 
-    want = jax.grad(divergence, argnums=(0, 1))(mean0, std0)
-    got = jax.grad(surrogate, argnums=(0, 1))(mean0, std0)
+    want = jax.jit(jax.grad(divergence, argnums=(0, 1)))(mean0, std0)
+    got = jax.jit(jax.grad(surrogate, argnums=(0, 1)))(mean0, std0)
     want, got = np.concatenate([np.ravel(w) for w in want]), np.concatenate(
         [np.ravel(g) for g in got])
     assert np.linalg.norm(want) > 0.05
@@ -73,6 +73,7 @@ def test_gradient_vanishes_for_an_exact_generator_and_fake_score_only():
     z = jax.random.normal(jax.random.key(1), (512, 2))
     exact = _gaussian(mean, std)
 
+    @jax.jit
     def grad(teacher):
         return jax.grad(lambda m, s: sim_generator_loss(
             lambda z, cond: m + s * z, teacher, exact, z, None, jax.random.key(2))[0],

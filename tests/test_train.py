@@ -22,6 +22,9 @@ import numpy as np
 import portpicker
 import pytest
 
+# One worker runs the whole module: its module-scoped runs are built once.
+pytestmark = pytest.mark.xdist_group("train")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPERS = os.path.join(ROOT, "tests", "helpers")
 TIMEOUT_S = 420
