@@ -315,17 +315,23 @@ def base_config(data_cfg, model_cfg) -> ml_collections.ConfigDict:
 
 
 def load_config_file(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-    """``get_config()`` of the experiment file ``path`` (e.g. configs/digits.py) with
+    """``get_config()`` of the experiment file ``path`` (e.g. configs/digits.py; as on the
+    command line, ``configs/mnist5k_distill.py:sim`` calls ``get_config('sim')``) with
     ``{"train.num_steps": 6, ...}`` applied (lists become tuples).  For scripts and tests; the
     command line uses ml_collections' ``--config.a.b=v`` flags instead.
 
     Raises KeyError naming an override field the config does not have."""
     import importlib.util
 
+    head, sep, variant = path.rpartition(":")
+    if sep and head.endswith(".py") and variant.isidentifier():
+        path = head
+    else:
+        variant = ""
     spec = importlib.util.spec_from_file_location("jaxdiff_experiment_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config(variant) if variant else module.get_config()
     for dotted, value in (overrides or {}).items():
         *parents, leaf = dotted.split(".")
         node = config

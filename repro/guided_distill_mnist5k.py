@@ -70,12 +70,9 @@ def check(args) -> None:
 
 
 def _load(path: str, arg: str | None = None):
-    import importlib.util
+    from jaxdiff.config import load_config_file
 
-    spec = importlib.util.spec_from_file_location("distill_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return load_config_file(f"{path}:{arg}" if arg else path)
 
 
 def _row(kind, config, workdir, step, samples, **sample_fields) -> dict:

@@ -22,7 +22,6 @@ Scores are in the pinned feature space against the 1,000 held-out images.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
@@ -67,10 +66,9 @@ def check(args) -> None:
 
 
 def _load(path: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location("one_step_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    from jaxdiff.config import load_config_file
+
+    return load_config_file(f"{path}:{arg}" if arg else path)
 
 
 def _row(kind, config, workdir, samples, **sample_fields) -> dict:

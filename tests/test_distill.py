@@ -306,26 +306,9 @@ class _MLP:
 
     @staticmethod
     def build(width=128):
-        from flax import nnx
+        from tests.helpers.toy_nets import mlp_2d
 
-        from jaxdiff.models import layers
-
-        class MLP(nnx.Module):
-            def __init__(self, rngs):
-                self.embed = layers.ConditionEmbedding(
-                    width, freq_dim=32, num_classes=GMM.num_classes, cond_dim=0,
-                    noise_scale=1000.0, dtype=jnp.float32, rngs=rngs, guidance_embedding=True)
-                self.inp = nnx.Linear(2, width, rngs=rngs)
-                self.hidden = nnx.Linear(width, width, rngs=rngs)
-                self.out = nnx.Linear(width, 2, rngs=rngs)
-
-            def __call__(self, x, c_noise, cond=None, dropout_key=None):
-                e = self.embed(c_noise, cond)
-                h = jax.nn.silu(self.inp(x) + e)
-                return self.out(jax.nn.silu(self.hidden(h) + e))
-
-        graphdef, state = nnx.split(MLP(nnx.Rngs(0)))
-        return graphdef, nnx.to_pure_dict(state)
+        return mlp_2d(GMM.num_classes, width, guidance_embedding=True)
 
 
 def _fit(student, params, loss_fn, steps, seed, aux=(), batch=256):

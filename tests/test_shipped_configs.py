@@ -1,7 +1,6 @@
 """Every experiment file under configs/ loads and passes the config check, in its default form
 and in each ``:variant`` its docstring shows (``configs/NAME.py:variant``), so a full-scale
 config that no CPU test runs cannot rot unnoticed."""
-import importlib.util
 import os
 import re
 
@@ -26,10 +25,8 @@ def _cases():
 
 
 def _load(fname, variant):
-    spec = importlib.util.spec_from_file_location("shipped_config", os.path.join(CONFIGS, fname))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if variant is None else module.get_config(variant)
+    path = os.path.join(CONFIGS, fname)
+    return C.load_config_file(f"{path}:{variant}" if variant else path)
 
 
 @pytest.mark.parametrize("fname,variant", list(_cases()))

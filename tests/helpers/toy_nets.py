@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 
 
-def mlp_2d(num_classes: int, width: int = 64, seed: int = 0):
+def mlp_2d(num_classes: int, width: int = 64, seed: int = 0, guidance_embedding: bool = False):
+    """guidance_embedding: the embedding also takes a guidance weight w (a guided student)."""
     from flax import nnx
 
     from jaxdiff.models import layers
@@ -13,7 +14,8 @@ def mlp_2d(num_classes: int, width: int = 64, seed: int = 0):
         def __init__(self, rngs):
             self.embed = layers.ConditionEmbedding(width, freq_dim=32, num_classes=num_classes,
                                                    cond_dim=0, noise_scale=1000.0,
-                                                   dtype=jnp.float32, rngs=rngs)
+                                                   dtype=jnp.float32, rngs=rngs,
+                                                   guidance_embedding=guidance_embedding)
             self.inp = nnx.Linear(2, width, rngs=rngs)
             self.hidden = nnx.Linear(width, width, rngs=rngs)
             self.out = nnx.Linear(width, 2, rngs=rngs)
