@@ -89,6 +89,14 @@ class MissingPrerequisite(RuntimeError):
     message names the command that creates it."""
 
 
+def require_files(*paths: str) -> None:
+    """Raises MissingPrerequisite for the first of ``paths`` (configs a reproduction reads,
+    relative to the repository root) that does not exist."""
+    for path in paths:
+        if not os.path.exists(path):
+            raise MissingPrerequisite(f"no config {path}: run from the repository root")
+
+
 class ReproductionFailed(RuntimeError):
     """Raised by a reproduction whose step failed in a way its message explains (e.g. a
     subprocess's exit status); reported as one line, exit status 1."""

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import os
 
-from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               run_command_line, timed_class_balanced_samples, training_cost)
+from jaxdiff.config import load_config_file as load
+from jaxdiff.reproduce import (REPRODUCTIONS, Paper, Reproduction, require_files, run_command_line,
+                               timed_class_balanced_samples, training_cost)
 
 PAPER = Paper("On Distillation of Guided Diffusion Models", "Meng et al.",
               "CVPR 2023 (arXiv 2210.03142)")
@@ -64,15 +65,8 @@ def stages(args) -> list[str]:
 
 
 def check(args) -> None:
-    for path in (TEACHER_CONFIG, DISTILL_CONFIG):
-        if not os.path.exists(path):
-            raise MissingPrerequisite(f"no config {path}: run from the repository root")
-
-
-def _load(path: str, arg: str | None = None):
-    from jaxdiff.config import load_config_file
-
-    return load_config_file(f"{path}:{arg}" if arg else path)
+    del args
+    require_files(TEACHER_CONFIG, DISTILL_CONFIG)
 
 
 def _row(kind, config, workdir, step, samples, **sample_fields) -> dict:
@@ -122,27 +116,26 @@ def run(args, progress) -> dict:
     n, s = plan["samples"], args.scale
     rows = []
     with progress.stage("teacher rows"):
-        rows.append(_row("teacher CFG", _load(TEACHER_CONFIG), plan["teacher"], None, n,
+        rows.append(_row("teacher CFG", load(TEACHER_CONFIG), plan["teacher"], None, n,
                          sampler="ddim", grid="uniform_t", steps=50, scale=s))
         for steps in [2 * rounds[0]["student_steps"]] + [r["student_steps"] for r in rounds]:
-            rows.append(_row("teacher CFG", _load(TEACHER_CONFIG), plan["teacher"], None, n,
+            rows.append(_row("teacher CFG", load(TEACHER_CONFIG), plan["teacher"], None, n,
                              sampler="ddim", grid="uniform_t_to_zero", steps=steps, scale=s))
     with progress.stage("student rows"):
-        rows.append(_row("stage one", _load(DISTILL_CONFIG, "guided"), plan["guided"], None,
+        rows.append(_row("stage one", load(f"{DISTILL_CONFIG}:guided"), plan["guided"], None,
                          n, sampler="ddim", grid="uniform_t_to_zero",
                          steps=2 * rounds[0]["student_steps"], scale=s))
         for r in rounds:
-            rows.append(_row(f"round {r['round']}", _load(DISTILL_CONFIG, "progressive"),
+            rows.append(_row(f"round {r['round']}", load(f"{DISTILL_CONFIG}:progressive"),
                              plan["progressive"], r["checkpoint_step"], n,
                              steps=r["student_steps"], scale=s))
     with progress.stage("other scales"):
         for other in plan["other"]:
-            rows.append(_row("teacher CFG", _load(TEACHER_CONFIG), plan["teacher"], None, n,
+            rows.append(_row("teacher CFG", load(TEACHER_CONFIG), plan["teacher"], None, n,
                              sampler="ddim", grid="uniform_t", steps=50, scale=other))
             for r in rounds:
                 if r["student_steps"] in (4, 1):
-                    rows.append(_row(f"round {r['round']}", _load(DISTILL_CONFIG,
-                                                                  "progressive"),
+                    rows.append(_row(f"round {r['round']}", load(f"{DISTILL_CONFIG}:progressive"),
                                      plan["progressive"], r["checkpoint_step"], n,
                                      steps=r["student_steps"], scale=other))
     costs, minutes = {}, {}

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import os
 
-from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               run_command_line, timed_class_balanced_samples, training_cost)
+from jaxdiff.config import load_config_file as load
+from jaxdiff.reproduce import (REPRODUCTIONS, Paper, Reproduction, require_files, run_command_line,
+                               timed_class_balanced_samples, training_cost)
 
 PAPER = Paper("One-Step Diffusion Distillation through Score Implicit Matching",
               "Luo, Huang, Geng, Kolter & Qi", "NeurIPS 2024 (arXiv 2410.16794); with "
@@ -60,15 +61,8 @@ def stages(args) -> list[str]:
 
 
 def check(args) -> None:
-    for path in (TEACHER_CONFIG, DISTILL_CONFIG):
-        if not os.path.exists(path):
-            raise MissingPrerequisite(f"no config {path}: run from the repository root")
-
-
-def _load(path: str, arg: str | None = None):
-    from jaxdiff.config import load_config_file
-
-    return load_config_file(f"{path}:{arg}" if arg else path)
+    del args
+    require_files(TEACHER_CONFIG, DISTILL_CONFIG)
 
 
 def _row(kind, config, workdir, samples, **sample_fields) -> dict:
@@ -106,17 +100,17 @@ def run(args, progress) -> dict:
                               "--config.train.progress_bar=False", *plan["flags"]])
     n, rows = plan["samples"], []
     with progress.stage("teacher rows"):
-        rows.append(_row("teacher CFG", _load(TEACHER_CONFIG), plan["teacher"], n,
+        rows.append(_row("teacher CFG", load(TEACHER_CONFIG), plan["teacher"], n,
                          sampler="heun", grid="karras", steps=18, scale=args.scale))
         for steps in (1, 2):
-            rows.append(_row("teacher CFG", _load(TEACHER_CONFIG), plan["teacher"], n,
+            rows.append(_row("teacher CFG", load(TEACHER_CONFIG), plan["teacher"], n,
                              sampler="ddim", grid="uniform_t_to_zero", steps=steps,
                              scale=args.scale))
     with progress.stage("student rows"):
         for steps in (1, 2):
-            rows.append(_row("consistency distillation", _load(DISTILL_CONFIG, "consistency"),
+            rows.append(_row("consistency distillation", load(f"{DISTILL_CONFIG}:consistency"),
                              plan["consistency"], n, steps=steps))
-        rows.append(_row("SIM", _load(DISTILL_CONFIG, "sim"), plan["sim"], n))
+        rows.append(_row("SIM", load(f"{DISTILL_CONFIG}:sim"), plan["sim"], n))
     costs, minutes = {}, {}
     for method in METHODS:
         costs[method], minutes[method] = training_cost(plan[method])
