@@ -17,9 +17,9 @@ from jaxdiff.distill.progressive import GRID
 from jaxdiff.distill.teacher import load_teacher
 from jaxdiff.errors import ConfigError
 from jaxdiff.jobs import sample as sample_job
+from jaxdiff.jobs import train as train_job
 from jaxdiff.jobs.samples_io import load_samples
 from jaxdiff.jobs.spec import restore_model, spec_for_data
-from jaxdiff.jobs import train as train_job
 from jaxdiff.jobs.train import distill, train
 from tests.sample_job_common import tiny_config
 

@@ -265,10 +265,7 @@ def _defaults():
 
 def _check(section, config):
     del config
-    number(section.sigma_init, "objective.sigma_init", low=0.0)
-    if not section.sigma_init > 0:
-        raise ConfigError(f"config.objective.sigma_init = {section.sigma_init}: the "
-                          f"generator's input noise level must be positive")
+    number(section.sigma_init, "objective.sigma_init", low=0.0, low_open=True)
     choice(section.distance, "objective.distance", DISTANCES)
     number(section.huber_c, "objective.huber_c", low=0.0)
     number(section.fake_lr, "objective.fake_lr", low=0.0)
