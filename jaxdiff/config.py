@@ -40,7 +40,8 @@ SECTIONS = Registry("config section")
 LR_SCHEDULES = ("constant", "cosine")
 # The packages whose import registers every component; validation and base_config import them.
 COMPONENT_PACKAGES = ("jaxdiff.samplers", "jaxdiff.guidance", "jaxdiff.objectives",
-                      "jaxdiff.models", "jaxdiff.combine", "jaxdiff.distill", "jaxdiff.jobs")
+                      "jaxdiff.models", "jaxdiff.combine", "jaxdiff.distill", "jaxdiff.search",
+                      "jaxdiff.jobs")
 
 
 def register_section(name: str, *, defaults, check=None):
@@ -283,7 +284,8 @@ register_section("mesh", defaults=default_mesh_config, check=_check_mesh)
 # Sections whose ``name`` selects a registered component with its own fields.
 NAMED_SECTIONS = {"model": ("jaxdiff.models", "NETWORKS"),
                   "objective": ("jaxdiff.objectives", "OBJECTIVES"),
-                  "guidance": ("jaxdiff.guidance", "GUIDANCE")}
+                  "guidance": ("jaxdiff.guidance", "GUIDANCE"),
+                  "search": ("jaxdiff.search.config", "SEARCHES")}
 
 
 def complete_named_sections(config) -> None:

@@ -93,9 +93,16 @@ def _override_error(argv, err: BaseException) -> UsageError | None:
             break
     else:
         return None
+    from jaxdiff.config import NAMED_SECTIONS
+
     hint = re.search(r'Did you mean "([^"]+)"', text)
+    switched = (len(parts) == 2 and parts[0] in NAMED_SECTIONS
+                and any(a.startswith(f"--config.{parts[0]}.name=") for a in argv))
     return UsageError(f"{flag}: {parent} has no field {field!r}"
-                      + (f"; did you mean {hint.group(1)!r}?" if hint else ""))
+                      + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+                      + (f"; --config.{parts[0]}.name adds its component's fields after the "
+                         f"flags are read, so set them in a config file that selects it"
+                         if switched else ""))
 
 
 def flag_error(argv, err: BaseException) -> UsageError:

@@ -9,38 +9,17 @@ import chex
 import numpy as np
 import pytest
 
-from jaxdiff.data import get_source
 from jaxdiff.jobs import sample
 from jaxdiff.jobs import samples_io as IO
-from jaxdiff.jobs.spec import open_checkpoints
-from jaxdiff.jobs.train import build_trainer
-from tests.sample_job_common import tiny_config
+from tests.sample_job_common import tiny_checkpoint, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny_checkpoint(wd: str, seed: int) -> str:
-    """Writes a step-0 checkpoint of the tiny model into ``wd`` (its EMA perturbed by a
-    seed-dependent constant so it is not zero, and two seeds give two models)."""
-    import jax
-
-    cfg = tiny_config()
-    src = get_source(cfg.data, "train")
-    _, state = build_trainer(cfg, src.num_classes, src.example_shape)
-    noise = jax.random.normal(jax.random.key(seed), ())
-    state["model"]["ema"] = tuple(
-        jax.tree.map(lambda p: p + 0.05 * noise * jax.numpy.ones_like(p), e)
-        for e in state["model"]["ema"])
-    ckpt = open_checkpoints(wd, async_save=False)
-    ckpt.save(0, state, force=True)
-    ckpt.close()
-    return wd
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A workdir holding a step-0 checkpoint of the tiny model."""
-    return _tiny_checkpoint(str(tmp_path_factory.mktemp("sample_job")), 0)
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("sample_job")), 0)
 
 
 def _run(workdir, name, n=10, size=4, guidance=None, stitch=None, **overrides):
@@ -171,7 +150,7 @@ def test_stitch_section_gives_the_first_steps_to_the_other_model(workdir, tmp_pa
     """config.stitch: step fraction 1 samples as the other model alone, 0.5 gives each model 2
     of the 4 steps (the protocol records it), and stitching a model after itself is that
     model, bit for bit."""
-    other = _tiny_checkpoint(str(tmp_path / "other"), 1)
+    other = tiny_checkpoint(str(tmp_path / "other"), 1)
 
     def load(res):
         return IO.load_samples(res["out_dir"])

@@ -3,7 +3,9 @@
 ``--mode=sample`` draws ``config.sample.num_samples`` samples with the configured sampler, its
 options, NFE and grid, guided by ``config.guidance`` (any registered transform), from the chosen
 EMA (or raw) parameters, and writes them as numbered shards (``jaxdiff.jobs.samples_io``) under
-``WORKDIR/samples/<tag>/``, plus ``grid.png`` for image data.  It restores the checkpoint's
+``WORKDIR/samples/<tag>/``, plus ``grid.png`` for image data.  With ``config.search`` naming a
+search (``jaxdiff.search.config``), every shard is drawn by that search, scored by its verifier,
+and the protocol records the search section.  It restores the checkpoint's
 ``model`` item only: no optimizer state is read or allocated.
 
 Sample i uses the PRNG stream fold_in(key(seed), i) and label ``i % num_classes`` (class-
@@ -30,6 +32,8 @@ from jaxdiff.errors import ConfigError, NonFiniteError
 from jaxdiff.combine.tstitch import check_workdirs
 from jaxdiff.jobs import samples_io as IO
 from jaxdiff.jobs.spec import needs_checkpoint, register_job, restore_model, spec_for_data
+from jaxdiff.search.config import run_search
+from jaxdiff.search.verifiers import feature_network_verifier
 
 
 def _preflight(config, workdir: str, earlier) -> None:
@@ -38,6 +42,10 @@ def _preflight(config, workdir: str, earlier) -> None:
     IO.labels_for(np.zeros(1, np.int64), str(config.sample.labels), num_classes)
     needs_checkpoint(config, workdir, earlier, int(config.sample.checkpoint_step))
     check_workdirs(config)
+    if config.search.name != "none" and jax.process_count() > 1:
+        raise ConfigError(f"config.search.name: search {config.search.name!r} runs on one "
+                          f"process (its trees and candidates live on the host); this job has "
+                          f"{jax.process_count()}")
 
 
 @register_job("sample", preflight=_preflight)
@@ -85,6 +93,9 @@ def sample_job(config, workdir: str) -> dict:
                     print(f"jaxdiff: warning: {e}; moved to {moved}, drawing it again",
                           file=sys.stderr, flush=True)
         todo.append((k, idx, path))
+    search = config.search.name != "none"
+    verifier = feature_network_verifier(config) if search and todo else None
+    nfe_sum = 0.0
     bar = None
     if is_main and todo:
         from tqdm import tqdm
@@ -94,9 +105,13 @@ def sample_job(config, workdir: str) -> dict:
         full = np.arange(k * size, (k + 1) * size)          # pad the last shard to full size
         labels = IO.labels_for(full, str(s.labels), spec.num_classes)
         g_idx, g_lab = (jax.device_put(jnp.asarray(a), sharding) for a in (full, labels))
-        out = samplers.sample(den, key, (size,) + spec.example_shape, sampler=s.sampler,
-                              steps=int(s.steps), grid=s.grid, cond=spec.condition(g_lab),
-                              indices=g_idx, **dict(s.options))
+        shape, cond = (size,) + spec.example_shape, spec.condition(g_lab)
+        if search:
+            out = run_search(config, den, key, shape, verifier, cond, g_idx)
+            nfe_sum += float(out.nfe) * len(idx)
+        else:
+            out = samplers.sample(den, key, shape, sampler=s.sampler, steps=int(s.steps),
+                                  grid=s.grid, cond=cond, indices=g_idx, **dict(s.options))
         x = _to_host(out.x0)[: len(idx)]
         if not np.all(np.isfinite(x)):
             raise NonFiniteError(
@@ -118,7 +133,14 @@ def sample_job(config, workdir: str) -> dict:
                         rows=max(1, int(np.sqrt(m))),
                         upscale=max(1, 64 // spec.example_shape[0]))
         print(f"{n} samples in {num_shards} shards under {out_dir}", flush=True)
-    return dict(proto, out_dir=out_dir, num_shards=num_shards)
+    done = sum(len(idx) for _, idx, _ in todo)
+    if search and done:
+        per_call = proto["network_evaluations_per_sample"] // max(proto["nfe"], 1)
+        print(f"search {config.search.name}: {nfe_sum / done:.1f} denoiser calls per sample "
+              f"over the {done} drawn now ({per_call} network evaluation(s) per call)",
+              flush=True)
+    return dict(proto, out_dir=out_dir, num_shards=num_shards,
+                search_nfe_per_sample=nfe_sum / done if search and done else None)
 
 
 def _to_host(x) -> np.ndarray:

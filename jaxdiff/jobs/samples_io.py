@@ -69,8 +69,9 @@ def protocol(config, num_classes: int, example_shape, step: int, kind: str) -> d
 def denoiser_protocol(config) -> dict:
     """The protocol entries of the sampling Denoiser's options, present only when they change
     it (so the protocols of plain runs keep their form): ``exit_threshold`` (DeeDiff early
-    exit) and ``stitch`` (T-Stitch: the first models' workdirs, their cumulative step
-    fractions and the denoiser evaluations (NFE) per sample of each model, the run's model last)."""
+    exit), ``search`` (the ``config.search`` section that draws each sample) and ``stitch``
+    (T-Stitch: the first models' workdirs, their cumulative step fractions and the denoiser
+    evaluations (NFE) per sample of each model, the run's model last)."""
     from jaxdiff.combine.tstitch import evaluations_per_model
     from jaxdiff.jobs.spec import build_schedule
 
@@ -78,6 +79,9 @@ def denoiser_protocol(config) -> dict:
     threshold = float(config.sample.get("exit_threshold", 0.0))
     if threshold > 0:
         out["exit_threshold"] = threshold
+    search = config.get("search")
+    if search is not None and search.name != "none":
+        out["search"] = search.to_dict()
     stitch = config.get("stitch")
     if stitch is not None and stitch.workdirs:
         fractions = [float(f) for f in stitch.fractions]
@@ -102,7 +106,17 @@ def protocol_tag(proto: dict) -> str:
             f"-{proto['grid']}-{guidance_tag(proto['guidance'])}-ema{proto['ema_index']}"
             f"-seed{proto['seed']}-{proto['labels']}"
             + (f"-exit{proto['exit_threshold']:g}" if "exit_threshold" in proto else "")
-            + _stitch_tag(proto.get("stitch")))
+            + _stitch_tag(proto.get("stitch")) + _search_tag(proto.get("search")))
+
+
+def _search_tag(search: dict | None) -> str:
+    """'-<search name>' plus its integer fields (e.g. '-dts-rollouts8'), or '' without search:
+    the full section is in the protocol."""
+    if not search:
+        return ""
+    counts = "".join(f"-{k}{v}" for k, v in sorted(search.items())
+                     if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    return f"-{search['name']}{counts}"
 
 
 def _stitch_tag(stitch: dict | None) -> str:

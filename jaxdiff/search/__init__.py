@@ -8,12 +8,15 @@ verifier scores highest (Ma et al., arXiv 2501.09732).
   importance       importance resampling towards p(x0) exp(lambda r(x0))
   smc              sequential Monte Carlo towards the same target, the x0-prediction's reward
                    as the potential
+  tree             Diffusion Tree Sampling (DTS: draws from the same target) and Search (DTS*:
+                   the best leaf) over a tree of noisy states
 """
 from jaxdiff.search.base import SearchResult
 from jaxdiff.search.importance import importance_resampling
 from jaxdiff.search.random_search import random_search
 from jaxdiff.search.smc import smc
+from jaxdiff.search.tree import DiffusionTrees, dts, dts_star
 from jaxdiff.search.zero_order import zero_order_search
 
-__all__ = ["SearchResult", "importance_resampling", "random_search", "smc",
-           "zero_order_search"]
+__all__ = ["DiffusionTrees", "SearchResult", "dts", "dts_star", "importance_resampling",
+           "random_search", "smc", "zero_order_search"]

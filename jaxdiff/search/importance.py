@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 
 from jaxdiff import samplers
@@ -16,6 +17,7 @@ from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count, check_lambda,
                                  make_grid, repeat_cond)
 from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.config import check_fields, register_search, sample_solver
 
 Array = jax.Array
 
@@ -46,3 +48,12 @@ def importance_resampling(den: DenoiserBase, key: Array, shape: tuple[int, ...],
     nfe = n * int(out.nfe)
     return SearchResult(x0=x0, scores=r[rows, pick], nfe=nfe,
                         trace=[(nfe, float(jnp.mean(r[rows, pick])))])
+
+
+@register_search("importance", defaults=lambda: ml_collections.ConfigDict(dict(
+    candidates=4, lam=1.0)), check=lambda section, config: check_fields(
+        section, candidates=dict(low=1, integer=True), lam=dict(low=0.0)))
+def _run(den, key, shape, verifier, sample, section, cond, indices):
+    return importance_resampling(den, key, shape, verifier, lam=float(section.lam),
+                                 candidates=int(section.candidates), cond=cond,
+                                 indices=indices, **sample_solver(sample))

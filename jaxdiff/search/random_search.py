@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 
 from jaxdiff import samplers
@@ -18,6 +19,8 @@ from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count,
                                  check_deterministic, make_grid, pick_best, repeat_cond)
 from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.config import (check_deterministic_sampler, check_fields, register_search,
+                                   sample_solver)
 
 Array = jax.Array
 
@@ -54,3 +57,15 @@ def random_search(den: DenoiserBase, key: Array, shape: tuple[int, ...], verifie
     per = int(out.nfe)
     trace = [((k + 1) * per, float(running[k])) for k in range(n)]
     return SearchResult(x0=x0, scores=best, nfe=n * per, trace=trace)
+
+
+def _check(section, config) -> None:
+    check_fields(section, candidates=dict(low=1, integer=True))
+    check_deterministic_sampler(config)
+
+
+@register_search("random", defaults=lambda: ml_collections.ConfigDict(dict(candidates=4)),
+                 check=_check)
+def _run(den, key, shape, verifier, sample, section, cond, indices):
+    return random_search(den, key, shape, verifier, candidates=int(section.candidates),
+                         cond=cond, indices=indices, **sample_solver(sample))

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 
 from jaxdiff.denoiser import DenoiserBase
@@ -29,6 +30,7 @@ from jaxdiff.samplers.ddim import ddim_step
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count, check_lambda,
                                  make_grid, repeat_cond)
 from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.config import check_fields, register_search
 
 Array = jax.Array
 
@@ -112,3 +114,16 @@ def smc(den: DenoiserBase, key: Array, shape: tuple[int, ...], reward: Verifier,
     rows = jnp.arange(b)
     x0 = y.reshape((b, n) + rest)[rows, pick]
     return SearchResult(x0=x0, scores=r_prev[rows, pick], nfe=n * g.steps, trace=trace)
+
+
+@register_search("smc", defaults=lambda: ml_collections.ConfigDict(dict(
+    particles=4, lam=1.0, eta=1.0, ess_threshold=0.5)), check=lambda section, config: check_fields(
+        section, particles=dict(low=1, integer=True), lam=dict(low=0.0),
+        eta=dict(low=0.0, high=1.0, low_open=True),
+        ess_threshold=dict(low=0.0, high=1.0, low_open=True)))
+def _run(den, key, shape, verifier, sample, section, cond, indices):
+    """DDIM steps on ``config.sample``'s steps and grid (its sampler is not used)."""
+    return smc(den, key, shape, verifier, lam=float(section.lam),
+               particles=int(section.particles), steps=int(sample.steps), grid=sample.grid,
+               eta=float(section.eta), ess_threshold=float(section.ess_threshold), cond=cond,
+               indices=indices)

@@ -84,3 +84,15 @@ class restricted:
         flat = x0.reshape(x0.shape[0], -1)
         keep = jnp.zeros(flat.shape[1], bool).at[jnp.asarray(self.dims)].set(True)
         return self.verifier(jnp.where(keep, flat, 0.0).reshape(x0.shape), cond)
+
+
+def feature_network_verifier(config) -> Verifier:
+    """log p(c | clip(x0, -1, 1)) of the evaluation's feature network (``config.eval``: the
+    pinned one where the package ships it, else the one trained on this machine): the
+    ``classifier`` verifier of ``config.search``."""
+    from jaxdiff.classifier_train import own_feature_space
+    from jaxdiff.guidance.elucd import FeatureNetworkLogits
+
+    inner = classifier_log_prob(FeatureNetworkLogits(own_feature_space(config).network.apply),
+                                None)
+    return lambda x0, cond: inner(jnp.clip(x0, -1.0, 1.0), cond)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 
 from jaxdiff import samplers
@@ -22,6 +23,8 @@ from jaxdiff.rng import example_keys, normal_per_example
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count,
                                  check_deterministic, make_grid, pick_best, repeat_cond)
 from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.config import (check_deterministic_sampler, check_fields, register_search,
+                                   sample_solver)
 
 Array = jax.Array
 
@@ -89,3 +92,18 @@ def zero_order_search(den: DenoiserBase, key: Array, shape: tuple[int, ...],
         score = jnp.where(better, best_s, score)
         trace.append((per * (1 + (it + 1) * n), float(jnp.mean(score))))
     return SearchResult(x0=x0, scores=score, nfe=per * (1 + k_iter * n), trace=trace)
+
+
+def _check(section, config) -> None:
+    check_fields(section, neighbours_per_step=dict(low=1, integer=True),
+                 iterations=dict(low=0, integer=True), c=dict(low=0.0, high=1.0, low_open=True))
+    check_deterministic_sampler(config)
+
+
+@register_search("zero_order", defaults=lambda: ml_collections.ConfigDict(dict(
+    neighbours_per_step=2, iterations=3, c=0.95)), check=_check)
+def _run(den, key, shape, verifier, sample, section, cond, indices):
+    return zero_order_search(den, key, shape, verifier,
+                             neighbours_per_step=int(section.neighbours_per_step),
+                             iterations=int(section.iterations), c=float(section.c), cond=cond,
+                             indices=indices, **sample_solver(sample))
