@@ -63,19 +63,6 @@ def check(args) -> None:
             f"--config={args.config} --workdir={args.workdir} --mode=train")
 
 
-def _verifier(config):
-    """log p(c | clip(x0)) of the pinned feature network (the evaluation's classifier)."""
-    import jax.numpy as jnp
-
-    from jaxdiff.classifier_train import own_feature_space
-    from jaxdiff.guidance.elucd import FeatureNetworkLogits
-    from jaxdiff.search.verifiers import classifier_log_prob
-
-    net = own_feature_space(config).network
-    inner = classifier_log_prob(FeatureNetworkLogits(net.apply), None)
-    return lambda x0, cond: inner(jnp.clip(x0, -1.0, 1.0), cond)
-
-
 def _run_protocol(den, shape, verifier, method: str, n: int, k: int, labels, key):
     """(x0 (S, ...) numpy, nfe per example) of one protocol over all examples, in chunks."""
     import jax
@@ -117,13 +104,14 @@ def run(args, progress) -> dict:
     from jaxdiff.images import to_uint8
     from jaxdiff.jobs.evaluate import own_feature_metrics
     from jaxdiff.jobs.spec import restore_model, spec_for_data
+    from jaxdiff.search.verifiers import feature_network_verifier
 
     config = load_config_file(args.config)
     config.guidance = guidance_config("none")
     spec, _ = spec_for_data(config)
     params, step = restore_model(spec, args.workdir)
     den = spec.guided(params)
-    verifier = _verifier(config)
+    verifier = feature_network_verifier(config)
     samples = 100 if args.quick else args.samples
     labels = np.arange(samples) % spec.num_classes
     key = jax.random.key(int(config.sample.seed))
