@@ -40,6 +40,13 @@ def test_one_candidate_and_zero_iterations_are_plain_sampling_bit_for_bit():
     assert none.nfe == plain.nfe
 
 
+def test_ddim_at_eta_zero_is_a_deterministic_solver_for_the_search():
+    ddim = dict(sampler="ddim", steps=8, grid="uniform_t")
+    plain = samplers.sample(DEN, KEY, (B, 2), cond=Y, **ddim)
+    one = random_search(DEN, KEY, (B, 2), VERIFIER, candidates=1, cond=Y, **ddim)
+    chex.assert_trees_all_equal(one.x0, plain.x0)
+
+
 def test_random_search_keeps_the_best_candidate_and_counts_nfe():
     n = 8
     res = random_search(DEN, KEY, (B, 2), VERIFIER, candidates=n, cond=Y, **SOLVER)

@@ -35,9 +35,11 @@ class SearchResult:
 
 def check_deterministic(sampler: str, options: dict) -> None:
     """Noise searches need a deterministic solver: the sample must be a function of the
-    initial noise alone (ddim with eta > 0, ddpm, heun_sde are refused)."""
+    initial noise alone.  A stochastic sampler passes only when its eta option is 0 (ddim by
+    default); ddim with eta > 0, ddpm and heun_sde are refused."""
     spec = get_sampler(sampler)
-    if spec.stochastic or float(options.get("eta", 0.0)) != 0.0:
+    eta = options.get("eta", dict(spec.defaults).get("eta"))
+    if spec.stochastic and (eta is None or float(eta) != 0.0):
         raise ValueError(f"search: the sampler must be deterministic (an ODE solver), got "
                          f"{sampler!r} with options {options}")
 
