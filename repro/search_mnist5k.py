@@ -63,32 +63,38 @@ def check(args) -> None:
             f"--config={args.config} --workdir={args.workdir} --mode=train")
 
 
-def _run_protocol(den, shape, verifier, method: str, n: int, k: int, labels, key):
-    """(x0 (S, ...) numpy, nfe per example) of one protocol over all examples, in chunks."""
+def _search_section(method: str, n: int, k: int):
+    """(config.search section, sampler) of one protocol: lambda = 1 for the tilted samplers."""
+    from jaxdiff.search.config import search_config
+
+    if method == "random":
+        return search_config("random", candidates=n), "dpmpp_2m"
+    if method == "zero_order":
+        return search_config("zero_order", neighbours_per_step=n, iterations=k), "dpmpp_2m"
+    if method == "importance":
+        return search_config("importance", candidates=n, lam=1.0), "ddpm"
+    return search_config("smc", particles=n, lam=1.0), "ddpm"
+
+
+def _run_protocol(config, den, shape, verifier, method: str, n: int, k: int, labels, key):
+    """(x0 (S, ...) numpy, nfe per example) of one protocol over all examples, in chunks, by
+    the registered search (``jaxdiff.search.config.run_search``)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxdiff import search
+    from jaxdiff.search.config import run_search
 
+    config = config.copy_and_resolve_references()
+    config.search, sampler = _search_section(method, n, k)
+    config.sample.update(dict(sampler=sampler, steps=STEPS, grid="uniform_t"))
+    config.sample.options = {}
     chunk = max(1, MAX_BATCH // n)
     out, nfe = [], 0
     for start in range(0, len(labels), chunk):
         y = jnp.asarray(labels[start:start + chunk], jnp.int32)
-        idx = jnp.arange(start, start + y.shape[0])
-        common = dict(cond=y, indices=idx, steps=STEPS, grid="uniform_t")
-        size = (y.shape[0],) + shape
-        if method == "random":
-            r = search.random_search(den, key, size, verifier, candidates=n,
-                                     sampler="dpmpp_2m", **common)
-        elif method == "zero_order":
-            r = search.zero_order_search(den, key, size, verifier, neighbours_per_step=n,
-                                         iterations=k, sampler="dpmpp_2m", **common)
-        elif method == "importance":
-            r = search.importance_resampling(den, key, size, verifier, lam=1.0, candidates=n,
-                                             sampler="ddpm", **common)
-        else:
-            r = search.smc(den, key, size, verifier, lam=1.0, particles=n, **common)
+        r = run_search(config, den, key, (y.shape[0],) + shape, verifier, y,
+                       jnp.arange(start, start + y.shape[0]))
         out.append(np.asarray(jax.device_get(r.x0)))
         nfe = r.nfe
     return np.concatenate(out), nfe
@@ -119,8 +125,8 @@ def run(args, progress) -> dict:
     for method, n, k in _protocols(args.quick):
         with progress.stage(_name(method, n, k)):
             start = time.perf_counter()
-            x0, nfe = _run_protocol(den, tuple(spec.example_shape), verifier, method, n, k,
-                                    labels, key)
+            x0, nfe = _run_protocol(config, den, tuple(spec.example_shape), verifier, method,
+                                    n, k, labels, key)
             seconds = time.perf_counter() - start
             m = own_feature_metrics(config, to_uint8(x0), labels)
             rows.append(dict(method=method, n=n, k=k, nfe=nfe, samples=samples,
