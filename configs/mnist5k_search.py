@@ -8,6 +8,11 @@ Diffusion Tree Sampling (Jain et al. 2025) with 8 rollouts per sample.
   jaxdiff --config=configs/mnist5k_search.py:random --workdir=runs/mnist5k --mode=sample,eval \
       --config.search.candidates=8
 
+Variants: dts, dts_star, smc, importance, random, zero_order, and
+  configs/mnist5k_search.py:paths             search over paths (2 paths, 2 noisings, 3 rounds)
+  configs/mnist5k_search.py:self_supervised   best-of-4 by the feature-similarity verifier,
+                                              which sees no class
+
 ``jaxdiff reproduce search_mnist5k`` and ``dts_mnist5k`` measure these searches against NFE
 (docs/methods/).
 """
@@ -26,7 +31,10 @@ VARIANTS = {
     "importance": (dict(candidates=8), "ddpm"),
     "random": (dict(candidates=2), "dpmpp_2m"),
     "zero_order": (dict(neighbours_per_step=2, iterations=3), "dpmpp_2m"),
+    "paths": (dict(paths=2, branches=2, start=6, forward=3, backward=6), "dpmpp_2m"),
+    "self_supervised": (dict(candidates=4, verifier="feature_similarity"), "dpmpp_2m"),
 }
+SEARCH_OF = {"self_supervised": "random"}      # a variant's search, where it is not its name
 
 
 def get_config(search: str = "dts"):
@@ -38,5 +46,5 @@ def get_config(search: str = "dts"):
     config.guidance = guidance_config("none")
     config.sample.update(dict(sampler=sampler, steps=15, grid="uniform_t", num_samples=1000))
     config.sample.options = {}
-    config.search = search_config(search, **fields)
+    config.search = search_config(SEARCH_OF.get(search, search), **fields)
     return config

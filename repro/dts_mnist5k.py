@@ -1,6 +1,7 @@
 """Diffusion Tree Sampling and Search on MNIST-5k (Jain et al., arXiv 2506.20701): class accuracy,
 own-feature FD and the verifier's reward against NFE for DTS and DTS*, beside the searches of
-``search_mnist5k`` (best-of-N, zero-order, importance resampling, SMC) on the same protocol.
+``search_mnist5k`` (best-of-N, zero-order, path search, importance resampling, SMC) on the same
+protocol.
 
 Protocol (that of ``search_mnist5k``, whose rows this page plots beside its own): the README's
 trained ``configs/mnist5k.py`` workdir without guidance, 15 DDPM steps (eta = 1, as the paper's
@@ -187,7 +188,8 @@ def _compute_factor(rows, value, target, better):
 def ours(result: dict) -> str:
     dts = [r for r in result["rows"] if r["method"] == "dts"]
     star = [r for r in result["rows"] if r["method"] == "dts_star"]
-    others = [r for r in result["baseline_rows"] if r["method"] != "random" or r["n"] > 1]
+    others = [r for r in result["baseline_rows"] if r["method"] not in ("random", "random+ss")
+              or r["n"] > 1 and r["method"] == "random"]
     best = min(others, key=lambda r: r["fd"])
     reach = _compute_factor(dts, "fd", best["fd"], lambda a, b: a <= b)
     parts = [f"best baseline FD {best['fd']:.2f} ({best['method']} N={best['n']}, "
@@ -224,7 +226,9 @@ def markdown(result: dict) -> str:
              "mean reward | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"] + result["baseline_rows"]:
         reward = f"{r['reward']:.3f}" if "reward" in r else ""
-        lines.append(f"| {r['method']} | {r['n']} | {r['nfe']:.0f} | {r['fd']:.3f} | "
+        method = r["method"] + {"zero_order": f" K={r.get('k')}",
+                                "paths": f" M={r.get('k')}"}.get(r["method"], "")
+        lines.append(f"| {method} | {r['n']} | {r['nfe']:.0f} | {r['fd']:.3f} | "
                      f"{r['accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{reward} | {r['seconds']:.0f} |")
     lines += ["", "Best-of-N's mean reward (its trace): " + ", ".join(
@@ -249,7 +253,7 @@ def plot(result: dict, path: str) -> None:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 3.8))
     rows = result["baseline_rows"] + result["rows"]
     plain = next(r for r in rows if r["method"] == "random" and r["n"] == 1)
-    for method in ("random", "zero_order", "importance", "smc", "dts", "dts_star"):
+    for method in ("random", "zero_order", "paths", "importance", "smc", "dts", "dts_star"):
         line = sorted((r for r in rows if r["method"] == method or
                        (r is plain and method in ("random", "zero_order"))),
                       key=lambda r: r["nfe"])
@@ -262,7 +266,7 @@ def plot(result: dict, path: str) -> None:
     c.plot([r["nfe"] for r in star], [r["reward"] for r in star], "o-", label="dts_star")
     for ax, label in ((a, "class accuracy"), (b, "own-feature FD (pinned)"),
                       (c, "mean log p(c | x0) of the returned sample")):
-        ax.set_xscale("log")
+        baseline.nfe_axis(ax)
         ax.set_xlabel("NFE per sample")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)

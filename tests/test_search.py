@@ -1,7 +1,10 @@
 """Noise search (jaxdiff/search/) on the exact Gaussian-mixture oracle: N = 1 random search and
 0 zero-order iterations are plain sampling bit for bit, the chosen sample is the best-scored
 candidate, scores never fall with compute and rise with it, the zero-order neighbours keep the
-norm at the stated angle, verifiers' outputs are checked, and bad input is one clear error."""
+norm at the stated angle, search over paths without forward noise is random search and its
+forward noising is the forward process, the self-supervised verifier prefers likely samples and
+its denoiser calls are counted, verifiers' outputs are checked, and bad input is one clear
+error."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,8 +12,10 @@ import numpy as np
 import pytest
 
 from jaxdiff import samplers, schedules
-from jaxdiff.search import importance_resampling, random_search, smc, zero_order_search
+from jaxdiff.search import (importance_resampling, path_search, random_search, smc,
+                            zero_order_search)
 from jaxdiff.search import verifiers as V
+from jaxdiff.search.paths import noise_forward
 from jaxdiff.search.zero_order import neighbours
 from jaxdiff.toy import gmm as G
 
@@ -119,6 +124,15 @@ def test_verifiers():
      r"stochastic step, eta in \(0, 1\]"),
     (lambda: importance_resampling(DEN, KEY, (B, 2), VERIFIER, lam=1.0, candidates=0, cond=Y),
      "candidates must be an integer >= 1"),
+    (lambda: path_search(DEN, KEY, (B, 2), VERIFIER, paths=2, branches=2, start=4, forward=2,
+                         backward=2, cond=Y, **SOLVER), "backward must exceed forward"),
+    (lambda: path_search(DEN, KEY, (B, 2), VERIFIER, paths=2, branches=2, start=9, forward=1,
+                         backward=2, cond=Y, **SOLVER), r"start must be a grid point in \[1, 8\]"),
+    (lambda: path_search(DEN, KEY, (B, 2), VERIFIER, paths=2, branches=0, start=4, forward=1,
+                         backward=2, cond=Y, **SOLVER), "branches must be an integer >= 1"),
+    (lambda: path_search(DEN, KEY, (B, 2), VERIFIER, paths=2, branches=2, start=4, forward=1,
+                         backward=2, cond=Y, sampler="ddpm", steps=8), "must be deterministic"),
+    (lambda: V.feature_similarity(lambda x: x, DEN, sigma=0.0), "noise level sigma > 0"),
 ])
 def test_bad_input_is_one_clear_error(call, match):
     with pytest.raises(ValueError, match=match) as err:
@@ -149,6 +163,92 @@ def test_a_verifier_that_sees_part_of_the_data_is_hacked():
     p4, p128 = (mmd(V.restricted(full, dims=[0]), n) for n in (4, 128))
     assert f4 < 0.25 * f1 and f128 < f4, (f1, f4, f128)
     assert p4 < 0.75 * f1 and p128 > 1.25 * p4, (f1, p4, p128)
+
+
+# ------------------------------------------------------------------------------------------------
+# search over paths and the self-supervised verifier
+# ------------------------------------------------------------------------------------------------
+
+DDIM = dict(sampler="ddim", steps=8, grid="uniform_t")
+
+
+def test_paths_without_forward_noise_are_random_search_in_segments():
+    """f = 0, M = 1: nothing is noised or pruned, so N paths are random search's N candidates
+    solved in segments (ddim has no history: equal to float32 rounding, measured 2.4e-7), and
+    one path is plain sampling; the NFE adds one x0-prediction per noisy segment end."""
+    rs = random_search(DEN, KEY, (B, 2), VERIFIER, candidates=4, cond=Y, **DDIM)
+    ps = path_search(DEN, KEY, (B, 2), VERIFIER, paths=4, branches=1, start=2, forward=0,
+                     backward=3, cond=Y, **DDIM)
+    np.testing.assert_allclose(np.asarray(ps.x0), np.asarray(rs.x0), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(ps.scores), np.asarray(rs.scores), rtol=1e-5)
+    # segments 0-2, 2-5, 5-8: 8 solver steps and 2 predictions per path
+    assert ps.nfe == 4 * (8 + 2) and [e for e, _ in ps.trace] == [12, 28, 40]
+    one = path_search(DEN, KEY, (B, 2), VERIFIER, paths=1, branches=1, start=2, forward=0,
+                      backward=3, cond=Y, **DDIM)
+    np.testing.assert_allclose(np.asarray(one.x0),
+                               np.asarray(samplers.sample(DEN, KEY, (B, 2), cond=Y, **DDIM).x0),
+                               rtol=0, atol=2e-6)
+
+
+def test_forward_noising_is_the_forward_process():
+    """x_p = alpha_p (x0 + sigma_p e1) noised from point p to q has x_q / alpha_q = x0 + sigma_q e
+    in law: mean x0 and standard deviation sigma_q (20,000 draws: 1% of sigma_q)."""
+    g = schedules.sampling_grid(SCHED, 8, "uniform_t")
+    x0 = jnp.array([1.5, -0.5])
+    k1, k2 = jax.random.split(jax.random.key(4))
+    n, p, q = 20000, 6, 2
+    xp = g.alpha[p] * (x0 + g.sigma_ve[p] * jax.random.normal(k1, (n, 2)))
+    y = np.asarray(noise_forward(xp, g, p, q, jax.random.normal(k2, (n, 2))) / g.alpha[q])
+    np.testing.assert_allclose(y.mean(0), np.asarray(x0), atol=0.03 * float(g.sigma_ve[q]))
+    np.testing.assert_allclose(y.std(0), float(g.sigma_ve[q]), rtol=0.01)
+    chex.assert_trees_all_equal(noise_forward(xp, g, p, p, jnp.ones((n, 2))), xp)
+
+
+def test_path_search_scores_rise_with_compute():
+    """Measured batch-mean reward (N paths, M noisings, start 4, f = 2, b = 4, dpmpp_2m-8) at
+    (N, M) = (1, 1) / (4, 4) / (8, 8): -3.84 / -0.66 / -0.45 for 14 / 164 / 616 NFE, against
+    random search's -0.60 at 512."""
+    def run(n, m):
+        return path_search(DEN, KEY, (B, 2), VERIFIER, paths=n, branches=m, start=4,
+                           forward=2, backward=4, cond=Y, **SOLVER)
+
+    r1, r4, r8 = run(1, 1), run(4, 4), run(8, 8)
+    # segments 0-4, 2-6, 4-8 of 4 dpmpp_2m steps; the two noisy ends cost a prediction each
+    assert (r1.nfe, r4.nfe, r8.nfe) == (14, 4 * 5 + 16 * (5 + 4), 8 * 5 + 64 * (5 + 4))
+    means = [float(jnp.mean(r.scores)) for r in (r1, r4, r8)]
+    assert means[0] + 2.0 < means[1] < means[2], means
+    np.testing.assert_allclose(np.asarray(VERIFIER(r8.x0, None)), np.asarray(r8.scores),
+                               rtol=1e-6)
+
+
+def test_the_self_supervised_verifier():
+    """cos(phi(D(alpha (x0 + sigma eps))), phi(x0)) computed by the verifier equals the mixture's
+    exact posterior mean at that level; the searches count its one denoiser call per score; and,
+    knowing no class, best-of-8 by it raises the class-conditional log density of the samples
+    (measured -1.12 -> -0.61 nats with phi = identity)."""
+    ver = V.feature_similarity(lambda x: x, DEN, sigma=2.0 / 3.0)
+    x = jax.random.normal(jax.random.key(5), (6, 2)) * 2.0
+    y = jnp.arange(6, dtype=jnp.int32) % K
+    alpha = 1.0 / np.sqrt(1.0 + (2.0 / 3.0) ** 2)                   # VP: alpha^2 + sigma^2 = 1
+    eps = jax.random.normal(jax.random.key(0), (2,))
+    d = MIX.posterior_mean(alpha * (x + (2.0 / 3.0) * eps), jnp.full(6, alpha),
+                           jnp.full(6, alpha * 2.0 / 3.0), y)
+    want = np.sum(np.asarray(d) * np.asarray(x), 1) / (np.linalg.norm(d, axis=1) *
+                                                        np.linalg.norm(x, axis=1))
+    np.testing.assert_allclose(np.asarray(ver(x, y)), want, rtol=1e-4, atol=1e-5)
+    assert V.denoiser_calls(ver) == 1 and V.denoiser_calls(VERIFIER) == 0
+    assert V.denoiser_calls(V.restricted(ver, dims=[0])) == 1
+
+    b = 512
+    yb = jnp.arange(b, dtype=jnp.int32) % K
+    plain = samplers.sample(DEN, KEY, (b, 2), cond=yb, **SOLVER)
+    res = random_search(DEN, KEY, (b, 2), ver, candidates=8, cond=yb, **SOLVER)
+    assert res.nfe == 8 * (int(plain.nfe) + 1)
+
+    def logp(z):
+        return float(jnp.mean(MIX.log_prob(z, jnp.ones(b), jnp.zeros(b), yb)))
+
+    assert logp(res.x0) > logp(plain.x0) + 0.3, (logp(plain.x0), logp(res.x0))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -73,6 +73,18 @@ def test_tree_search_job_resumes_to_the_same_samples(workdir, monkeypatch):
     assert not np.array_equal(plain, IO.load_samples(full["out_dir"])[0])
 
 
+def test_path_search_with_the_self_supervised_verifier_in_the_job(workdir):
+    """Paths on 4 dpmpp_2m steps, start 2, f = 1, b = 2: segments 0-2 (2 steps), 1-3 (2), 2-4
+    (2); 2 paths and 2 x 2 branches, one prediction per noisy end, one verifier call per score:
+    2 (2 + 1 + 1) + 4 (2 + 1 + 1) + 4 (2 + 0 + 1) = 36 NFE per sample."""
+    out = sample.sample_job(_config(None, "paths", paths=2, branches=2, start=2, forward=1,
+                                    backward=2, verifier="feature_similarity"), workdir)
+    assert out["search_nfe_per_sample"] == 36
+    x, labels, proto = IO.load_samples(out["out_dir"])
+    assert x.shape[0] == 6 and np.all(np.isfinite(x))
+    assert proto["search"]["verifier"] == "feature_similarity"
+
+
 @pytest.mark.parametrize("search, fields, sampler, match", [
     ("mcts", {}, "dpmpp_2m", "config.search.name: unknown search 'mcts'"),
     ("random", dict(candidates=0), "dpmpp_2m", "config.search.candidates: must be >= 1"),
@@ -81,7 +93,11 @@ def test_tree_search_job_resumes_to_the_same_samples(workdir, monkeypatch):
     ("dts_star", dict(c_uct=0.0), "ddpm", "config.search.c_uct: must be > 0.0"),
     ("smc", dict(eta=0.0), "ddpm", "config.search.eta: must be > 0.0"),
     ("dts", dict(verifier="clip"), "ddpm", "config.search.verifier: unknown 'clip'"),
-], ids=["name", "candidates", "sampler", "lam", "c_uct", "eta", "verifier"])
+    ("random", dict(verifier_sigma=0.0), "dpmpp_2m", "config.search.verifier_sigma: must be > 0"),
+    ("paths", dict(forward=4, backward=4), "dpmpp_2m", "config.search.backward: must exceed"),
+    ("paths", dict(start=30), "dpmpp_2m", r"config.search.start: a grid point in \[1, "),
+], ids=["name", "candidates", "sampler", "lam", "c_uct", "eta", "verifier", "verifier_sigma",
+        "backward", "start"])
 def test_bad_search_config_names_the_field(search, fields, sampler, match):
     cfg = tiny_config()
     cfg.sample.sampler = sampler
@@ -98,6 +114,8 @@ def test_search_needs_a_conditional_model_and_known_fields():
     cfg.search = search_config("dts")
     with pytest.raises(ConfigError, match="config.search.verifier: the classifier verifier"):
         C.validate(cfg, num_classes=0)
+    cfg.search = search_config("dts", verifier="feature_similarity")   # needs no class
+    C.validate(cfg, num_classes=0)
     with pytest.raises(ConfigError, match="config.search.particles: search 'dts' has no such"):
         search_config("dts", particles=4)
 

@@ -94,7 +94,7 @@ def sample_job(config, workdir: str) -> dict:
                           file=sys.stderr, flush=True)
         todo.append((k, idx, path))
     search = config.search.name != "none"
-    verifier = feature_network_verifier(config) if search and todo else None
+    verifier = feature_network_verifier(config, den) if search and todo else None
     nfe_sum = 0.0
     bar = None
     if is_main and todo:

@@ -5,6 +5,8 @@ verifier scores highest (Ma et al., arXiv 2501.09732).
                    posterior, analytic rewards, a restricted view
   random_search    best-of-N over the initial noise
   zero_order       norm-preserving neighbours of a pivot noise, K iterations
+  paths            search over paths: N partial solves, noised forward M times, solved back
+                   further and pruned to the verifier's best N, until the clean end
   importance       importance resampling towards p(x0) exp(lambda r(x0))
   smc              sequential Monte Carlo towards the same target, the x0-prediction's reward
                    as the potential
@@ -13,10 +15,11 @@ verifier scores highest (Ma et al., arXiv 2501.09732).
 """
 from jaxdiff.search.base import SearchResult
 from jaxdiff.search.importance import importance_resampling
+from jaxdiff.search.paths import path_search
 from jaxdiff.search.random_search import random_search
 from jaxdiff.search.smc import smc
 from jaxdiff.search.tree import DiffusionTrees, dts, dts_star
 from jaxdiff.search.zero_order import zero_order_search
 
 __all__ = ["DiffusionTrees", "SearchResult", "dts", "dts_star", "importance_resampling",
-           "random_search", "smc", "zero_order_search"]
+           "path_search", "random_search", "smc", "zero_order_search"]

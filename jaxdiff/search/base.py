@@ -2,7 +2,9 @@
 
 A search spends extra sampler solves on one batch of B examples and returns, per example, the
 sample its verifier scores highest.  Compute is counted in network evaluations of the Denoiser
-(NFE, per example): a search that solves m candidates with a sampler of n NFE costs m n.
+(NFE, per example): a search that solves m candidates with a sampler of n NFE costs m n.  A
+verifier that calls the denoiser itself (``verifiers.feature_similarity``) adds its calls per
+scored sample (``verifiers.denoiser_calls``) to every count below.
 
 ``SearchResult`` holds x0 (B, ...), its scores (B,), the NFE per example, and ``trace``: the
 batch-mean best score after each round together with the NFE spent so far (the curve "score

@@ -8,10 +8,14 @@ samples' protocol.  The sampler, its steps, grid and options come from ``config.
 search needs a deterministic solver there; SMC and the trees take DDIM steps with their own
 ``eta``).
 
-Verifiers (``search.verifier``):
-  classifier   log p(c | x0) of the evaluation's feature network (``config.eval.feature_network``:
-               the pinned one where the package ships it) for the sample's class: Ma et al.'s
-               "oracle" verifier, the reward of Diffusion Tree Sampling's class experiments.
+Verifiers (``search.verifier``), on the evaluation's feature network
+(``config.eval.feature_network``: the pinned one where the package ships it):
+  classifier          log p(c | x0) of its softmax for the sample's class: Ma et al.'s "oracle"
+                      verifier, the reward of Diffusion Tree Sampling's class experiments
+  feature_similarity  the self-supervised verifier of Ma et al.: the cosine similarity of its
+                      features of x0 and of the model's x0-prediction from x0 noised to
+                      ``search.verifier_sigma`` (sigma/alpha; one denoiser call per score,
+                      counted in the NFE); needs no class
 
 A search registers ``run(den, key, shape, verifier, sample, section, cond, indices) ->
 SearchResult`` with ``register_search(name, defaults=..., check=...)`` in its own file.
@@ -25,15 +29,17 @@ from jaxdiff.errors import ConfigError
 from jaxdiff.registry import Registry
 
 SEARCHES = Registry("search")
-VERIFIERS = ("classifier",)
+VERIFIERS = ("classifier", "feature_similarity")
 
 
 def register_search(name: str, *, defaults, check=None):
     """Registers a search's runner (a decorator); ``defaults() -> ConfigDict`` of its fields
-    (``verifier`` is added), ``check(section, config)`` raising ConfigError naming a field."""
+    (``verifier`` and ``verifier_sigma`` are added), ``check(section, config)`` raising
+    ConfigError naming a field."""
     def with_verifier():
         section = defaults()
         section.verifier = "classifier"
+        section.verifier_sigma = 2.0 / 3.0
         return section
 
     return SEARCHES.register(name, defaults=with_verifier, check=check)
@@ -56,8 +62,10 @@ def _check(section, config, num_classes=None, **_) -> None:
     SEARCHES.entry(name, "search.name")
     if name == "none":
         return
-    choice(section.get("verifier"), "search.verifier", VERIFIERS)
-    if num_classes == 0:
+    verifier = section.get("verifier")
+    choice(verifier, "search.verifier", VERIFIERS)
+    number(section.get("verifier_sigma"), "search.verifier_sigma", low=0.0, low_open=True)
+    if num_classes == 0 and verifier == "classifier":
         raise ConfigError("config.search.verifier: the classifier verifier scores the sample's "
                           "class, and this model is unconditional")
     SEARCHES.check(name, section, "search.name", config=config)

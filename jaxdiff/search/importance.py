@@ -16,7 +16,7 @@ from jaxdiff import samplers
 from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count, check_lambda,
                                  make_grid, repeat_cond)
-from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.verifiers import Verifier, denoiser_calls, scores_of
 from jaxdiff.search.config import check_fields, register_search, sample_solver
 
 Array = jax.Array
@@ -45,7 +45,7 @@ def importance_resampling(den: DenoiserBase, key: Array, shape: tuple[int, ...],
     pick = jax.random.categorical(jax.random.fold_in(key, 0x1D5), lam * r, axis=1)
     rows = jnp.arange(b)
     x0 = out.x0.reshape((b, n) + rest)[rows, pick]
-    nfe = n * int(out.nfe)
+    nfe = n * (int(out.nfe) + denoiser_calls(reward))
     return SearchResult(x0=x0, scores=r[rows, pick], nfe=nfe,
                         trace=[(nfe, float(jnp.mean(r[rows, pick])))])
 

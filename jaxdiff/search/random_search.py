@@ -18,7 +18,7 @@ from jaxdiff import samplers
 from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count,
                                  check_deterministic, make_grid, pick_best, repeat_cond)
-from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.verifiers import Verifier, denoiser_calls, scores_of
 from jaxdiff.search.config import (check_deterministic_sampler, check_fields, register_search,
                                    sample_solver)
 
@@ -40,8 +40,8 @@ def random_search(den: DenoiserBase, key: Array, shape: tuple[int, ...], verifie
       cond: condition pytree with leading dimension B (or None); indices: (B,) global example
         indices (default arange(B)).
     Returns:
-      SearchResult(x0 (B, ...), scores (B,), nfe = N x solver NFE, trace: the batch-mean best
-      score after the first k candidates, k = 1..N, with its NFE).
+      SearchResult(x0 (B, ...), scores (B,), nfe = N x (solver NFE + the verifier's calls),
+      trace: the batch-mean best score after the first k candidates, k = 1..N, with its NFE).
     """
     n = check_count(candidates, "candidates")
     check_deterministic(sampler, options)
@@ -54,7 +54,7 @@ def random_search(den: DenoiserBase, key: Array, shape: tuple[int, ...], verifie
     scores = scores_of(verifier, out.x0, conds).reshape(b, n)
     x0, best = pick_best(out.x0.reshape((b, n) + tuple(shape[1:])), scores)
     running = jnp.mean(jax.lax.cummax(scores, axis=1), axis=0)
-    per = int(out.nfe)
+    per = int(out.nfe) + denoiser_calls(verifier)
     trace = [((k + 1) * per, float(running[k])) for k in range(n)]
     return SearchResult(x0=x0, scores=best, nfe=n * per, trace=trace)
 

@@ -29,7 +29,7 @@ from jaxdiff.rng import example_keys, normal_per_example
 from jaxdiff.samplers.ddim import ddim_step
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count, check_lambda,
                                  make_grid, repeat_cond)
-from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.verifiers import Verifier, denoiser_calls, scores_of
 from jaxdiff.search.config import check_fields, register_search
 
 Array = jax.Array
@@ -97,6 +97,7 @@ def smc(den: DenoiserBase, key: Array, shape: tuple[int, ...], reward: Verifier,
     logw = jnp.zeros((b, n), jnp.float32)
     r_prev = jnp.zeros((b, n), jnp.float32)
     predict_j = jax.jit(predict)
+    per_step = n * (1 + denoiser_calls(reward))    # the step's evaluation and the potential's
     trace = []
     for i in range(g.steps):
         d = predict_j(y, i)
@@ -107,13 +108,14 @@ def smc(den: DenoiserBase, key: Array, shape: tuple[int, ...], reward: Verifier,
             r = r.reshape(b, n)
         r_prev = r
         w = jax.nn.softmax(logw, axis=1)
-        trace.append(((i + 1) * n, float(jnp.mean(jnp.sum(w * r, axis=1)))))
+        trace.append(((i + 1) * per_step, float(jnp.mean(jnp.sum(w * r, axis=1)))))
         y = advance(y, d, i)
     # the last step lands on zero noise: y is the last prediction D_{N-1}, whose reward is r_prev
     pick = jax.random.categorical(jax.random.fold_in(key, 0x5EC0 + g.steps), logw, axis=1)
     rows = jnp.arange(b)
     x0 = y.reshape((b, n) + rest)[rows, pick]
-    return SearchResult(x0=x0, scores=r_prev[rows, pick], nfe=n * g.steps, trace=trace)
+    return SearchResult(x0=x0, scores=r_prev[rows, pick], nfe=per_step * g.steps,
+                        trace=trace)
 
 
 @register_search("smc", defaults=lambda: ml_collections.ConfigDict(dict(

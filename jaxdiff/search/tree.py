@@ -55,7 +55,7 @@ from jaxdiff.samplers.ddim import ddim_step
 from jaxdiff.search.base import SearchResult, check_count, check_lambda, make_grid
 from jaxdiff.config import choice
 from jaxdiff.search.config import check_fields, register_search
-from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.verifiers import Verifier, denoiser_calls, scores_of
 
 Array = jax.Array
 
@@ -289,7 +289,7 @@ class DiffusionTrees:
                     path.append(node)
                 self.value[b][node] = float(r[b])
                 self.leaves[b].append((node, float(r[b])))
-                self.nfe[b] += n - first[b]
+                self.nfe[b] += n - first[b] + denoiser_calls(self.reward)
             self._backup(b, path)
             self.done[b] += 1
 

@@ -22,7 +22,7 @@ from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.rng import example_keys, normal_per_example
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count,
                                  check_deterministic, make_grid, pick_best, repeat_cond)
-from jaxdiff.search.verifiers import Verifier, scores_of
+from jaxdiff.search.verifiers import Verifier, denoiser_calls, scores_of
 from jaxdiff.search.config import (check_deterministic_sampler, check_fields, register_search,
                                    sample_solver)
 
@@ -70,7 +70,7 @@ def zero_order_search(den: DenoiserBase, key: Array, shape: tuple[int, ...],
     scale = g.alpha[0] * g.sigma_ve[0]          # unit noise -> the x-space start
     first = samplers.sample(den, key, shape, sampler=sampler, grid=g, cond=cond, indices=idx,
                             **options)
-    per = int(first.nfe)
+    per = int(first.nfe) + denoiser_calls(verifier)
     x0, score = first.x0, scores_of(verifier, first.x0, cond)
     pivot = normal_per_example(example_keys(key, idx), 0, rest)  # the noise of that solve
     conds = repeat_cond(cond, n)
