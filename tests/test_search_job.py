@@ -77,11 +77,15 @@ def test_path_search_with_the_self_supervised_verifier_in_the_job(workdir):
     """Paths on 4 dpmpp_2m steps, start 2, f = 1, b = 2: segments 0-2 (2 steps), 1-3 (2), 2-4
     (2); 2 paths and 2 x 2 branches, one prediction per noisy end, one verifier call per score:
     2 (2 + 1 + 1) + 4 (2 + 1 + 1) + 4 (2 + 0 + 1) = 36 NFE per sample."""
-    out = sample.sample_job(_config(None, "paths", paths=2, branches=2, start=2, forward=1,
-                                    backward=2, verifier="feature_similarity"), workdir)
+    cfg = _config(None, "paths", paths=2, branches=2, start=2, forward=1, backward=2,
+                  verifier="feature_similarity")
+    cfg.sample.num_samples = 3                                     # one shard
+    out = sample.sample_job(cfg, workdir)
     assert out["search_nfe_per_sample"] == 36
+    assert out["out_dir"].endswith("-paths-backward2-branches2-forward1-paths2-start2-"
+                                   "feature_similarity")
     x, labels, proto = IO.load_samples(out["out_dir"])
-    assert x.shape[0] == 6 and np.all(np.isfinite(x))
+    assert x.shape[0] == 3 and np.all(np.isfinite(x))
     assert proto["search"]["verifier"] == "feature_similarity"
 
 
@@ -135,3 +139,18 @@ def test_a_field_of_a_search_switched_on_the_command_line_says_where_to_set_it(t
         "jaxdiff: error: --config.search.lam: config.search has no field 'lam'; "
         "--config.search.name adds its component's fields after the flags are read, so set "
         "them in a config file that selects it"]
+
+
+def test_sections_that_draw_different_samples_get_different_directories():
+    from jaxdiff.jobs.samples_io import _search_tag
+
+    def tag(name, **fields):
+        return _search_tag(search_config(name, **fields).to_dict())
+
+    assert tag("dts", rollouts=3, branch_every=2) == "-dts-branch_every2-rollouts3"
+    assert tag("random", candidates=4) == "-random-candidates4"
+    assert tag("random", candidates=4, verifier="feature_similarity") == \
+        "-random-candidates4-feature_similarity"
+    assert tag("smc", lam=2.0) == "-smc-lam2-particles4"
+    assert tag("zero_order", iterations=0) == "-zero_order-iterations0-neighbours_per_step2"
+    assert tag("dts_star", max_backup=False) == "-dts_star-max_backupFalse-rollouts8"

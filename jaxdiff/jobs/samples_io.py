@@ -110,13 +110,26 @@ def protocol_tag(proto: dict) -> str:
 
 
 def _search_tag(search: dict | None) -> str:
-    """'-<search name>' plus its integer fields (e.g. '-dts-rollouts8'), or '' without search:
-    the full section is in the protocol."""
+    """'-<search name>' plus its positive integer fields and every other field that differs
+    from the search's defaults (e.g. '-dts-rollouts8', '-smc-lam2-particles4',
+    '-random-candidates4-feature_similarity'), or '' without search, so two sections that draw
+    different samples get different directories; the full section is in the protocol."""
     if not search:
         return ""
-    counts = "".join(f"-{k}{v}" for k, v in sorted(search.items())
-                     if isinstance(v, int) and not isinstance(v, bool) and v > 0)
-    return f"-{search['name']}{counts}"
+    from jaxdiff.search.config import search_config
+
+    defaults = search_config(search["name"]).to_dict()
+    parts = []
+    for k, v in sorted(search.items()):
+        if k == "name":
+            continue
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v > 0 or v != defaults.get(k):
+                parts.append(f"-{k}{v}")
+        elif v != defaults.get(k):
+            parts.append(f"-{v}" if isinstance(v, str) else
+                         f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}")
+    return f"-{search['name']}" + "".join(parts)
 
 
 def _stitch_tag(stitch: dict | None) -> str:
