@@ -34,6 +34,7 @@ import ml_collections
 
 from jaxdiff import samplers
 from jaxdiff.denoiser import DenoiserBase
+from jaxdiff.errors import ConfigError
 from jaxdiff.rng import example_keys, normal_per_example
 from jaxdiff.schedules import Grid
 from jaxdiff.search.base import (SearchResult, candidate_indices, check_count,
@@ -109,9 +110,7 @@ def path_search(den: DenoiserBase, key: Array, shape: tuple[int, ...], verifier:
         return scores_of(verifier, den(x, g.t[point], conds), conds), 1
 
     conds_n = repeat_cond(cond, n)
-    first = samplers.sample(den, key, (b * n,) + rest, sampler=sampler,
-                            grid=segment(g, 0, s), cond=conds_n, indices=path_idx,
-                            total_steps=g.steps, **options)
+    first = solve(None, 0, s, b * n, conds_n, path_idx)
     x = first.x                                                          # (B N, ...) at s
     sc, extra = score(x, s, conds_n)
     sc = sc.reshape(b, n)
@@ -145,8 +144,6 @@ def _check(section, config) -> None:
     check_fields(section, paths=dict(low=1, integer=True), branches=dict(low=1, integer=True),
                  start=dict(low=1, integer=True), forward=dict(low=0, integer=True),
                  backward=dict(low=1, integer=True))
-    from jaxdiff.errors import ConfigError
-
     if int(section.start) > int(config.sample.steps):
         raise ConfigError(f"config.search.start: a grid point in [1, config.sample.steps = "
                           f"{int(config.sample.steps)}], got {section.start!r}")

@@ -164,8 +164,7 @@ def feature_network_verifier(config, den=None) -> Verifier:
     if config.search.get("verifier", "classifier") == "feature_similarity":
         if den is None:
             raise ValueError("verifier: feature_similarity needs the model's Denoiser")
-        inner = feature_similarity(lambda x: apply(jnp.clip(x, -1.0, 1.0))[0], den,
-                                   float(config.search.verifier_sigma))
-        return inner
+        return feature_similarity(lambda x: apply(jnp.clip(x, -1.0, 1.0))[0], den,
+                                  float(config.search.verifier_sigma))
     inner = classifier_log_prob(FeatureNetworkLogits(apply), None)
     return lambda x0, cond: inner(jnp.clip(x0, -1.0, 1.0), cond)
