@@ -3,7 +3,9 @@ a guided student (stage one) distilled from it (the teacher restored from its mo
 alone, no optimizer built), two progressive rounds distilled from that,
 the sampling job on the last round's one-step student; a run resumed from a checkpoint ends
 bit-identical to the uninterrupted one (the teacher switch between rounds included); a student
-network that is not the teacher's is refused naming the field."""
+network that is not the teacher's is refused naming the field.  CTRL fine-tuning from the
+teacher's null condition (its unconditional model, the reward a briefly trained digits CNN)
+runs in the same job and resumes bit-identical too."""
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ from jaxdiff.jobs import train as train_job
 from jaxdiff.jobs.samples_io import load_samples
 from jaxdiff.jobs.spec import restore_model, spec_for_data
 from jaxdiff.jobs.train import distill, train
+from jaxdiff.objectives import objective_config
 from tests.sample_job_common import tiny_config
 
 
@@ -52,6 +55,14 @@ def _progressive_config(teacher):
     config.objective = config.objective.__class__(dict(
         name="progressive_distill", teacher_steps=4, rounds=2, steps_per_round=2,
         scale_min=1.0, scale_max=3.0))
+    return config
+
+
+def _ctrl_config(teacher):
+    config = _config(**{"train.num_steps": 2, "train.batch_size": 8, "train.checkpoint_every": 1,
+                        "train.keep_checkpoints": 2, "distill.teacher_workdir": teacher,
+                        "eval.classifier_steps": 20})
+    config.objective = objective_config("ctrl", alpha=0.5, steps=2, remat=False)
     return config
 
 
@@ -118,6 +129,20 @@ def test_teacher_to_guided_student_to_progressive_rounds_to_the_sampling_job(tmp
     assert imgs.shape == (6, 8, 8, 1) and proto["nfe"] == 1
     assert proto["network_evaluations_per_sample"] == 1
     assert json.dumps(proto)
+
+    # CTRL: the teacher's null condition is the pretrained unconditional model; the fine-tuned
+    # run moves its weights, and a run killed after its first checkpoint resumes bit-identical.
+    ctrl, ctrl_killed = str(tmp_path / "ctrl"), str(tmp_path / "ctrl_killed")
+    monkeypatch.setenv("JAXDIFF_CACHE", str(tmp_path / "cache"))
+    assert distill(_ctrl_config(teacher), ctrl)["step"] == 2
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                         _params(_config(), ctrl, 2), _params(_config(), teacher, None))
+    assert max(jax.tree.leaves(moved)) > 0
+    shutil.copytree(ctrl, ctrl_killed)
+    shutil.rmtree(os.path.join(ctrl_killed, "checkpoints", "2"))
+    assert distill(_ctrl_config(teacher), ctrl_killed)["step"] == 2
+    jax.tree.map(np.testing.assert_array_equal, _params(_config(), ctrl_killed, 2),
+                 _params(_config(), ctrl, 2))
 
     # A student network that is not the teacher's is refused, naming the field, before any
     # file is written.

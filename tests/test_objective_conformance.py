@@ -52,11 +52,17 @@ class _TeacherSpec:
         self._spec = spec
         teacher_config = config.copy_and_resolve_references()
         for field in OBJECTIVES.entry(name).meta.get("student_fields", ()):
-            teacher_config.model[field] = NETWORKS.default_config(config.model.name)[field]
+            if "." not in field:   # a network field (a diffusion field does not change it)
+                teacher_config.model[field] = NETWORKS.default_config(config.model.name)[field]
         self._teacher = build_spec(teacher_config, NUM_CLASSES, SHAPE)
 
     def __getattr__(self, name):
         return getattr(self._spec, name)
+
+    def classifier_logits(self, x0):
+        """A fixed classifier of the run's examples (a reward for objectives that need one)."""
+        w = jax.random.normal(jax.random.key(11), (x0[0].size, max(NUM_CLASSES, 1)))
+        return x0.reshape(x0.shape[0], -1) @ w
 
     def load_denoiser(self, workdir, step):
         del workdir, step

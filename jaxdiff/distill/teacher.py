@@ -59,14 +59,19 @@ def check_teacher_exists(config) -> None:
 def check_student(config, student_fields=STUDENT_ONLY_FIELDS) -> None:
     """Raises ConfigError naming the first ``config.model`` / ``config.diffusion`` field whose
     value differs from the teacher's (read from the teacher's ``config.json``; a teacher
-    without one passes), other than ``student_fields``; or another dataset."""
+    without one passes), other than ``student_fields`` (bare names are ``config.model``
+    fields, 'diffusion.x' names a diffusion field); or another dataset."""
     from jaxdiff.jobs.spec import other_model_config
 
     workdir = config.distill.teacher_workdir
     if not workdir or not os.path.isfile(os.path.join(workdir, "config.json")):
         return
     teacher = other_model_config(config, workdir, "distill.teacher_workdir")
-    for section, skip in (("model", student_fields), ("diffusion", ())):
+    skips = {"model": set(), "diffusion": set()}
+    for name in student_fields:
+        section, _, field = name.rpartition(".")
+        skips[section or "model"].add(field)
+    for section, skip in skips.items():
         ours, theirs = config[section].to_dict(), teacher[section].to_dict()
         for field in sorted(set(ours) | set(theirs)):
             if field in skip:

@@ -78,7 +78,8 @@ def register_objective(name: str, *, defaults: Callable | None = None,
     defaults: () -> ConfigDict of the objective's own fields, merged into ``config.objective``.
     check: check(section, config) raising ConfigError naming a bad ``config.objective`` field.
     meta: ``family`` ('distill' for the objectives ``--mode=distill`` runs); for distillations
-      ``student_fields``, the network fields the student may set that its teacher lacks; and
+      ``student_fields``, the network fields the student may set that its teacher lacks
+      ('diffusion.x' for a field of ``config.diffusion``); and
       for tests/test_objective_conformance.py ``test_model_overrides`` = {model field: value}
       the objective needs of the network and ``test_config`` = {dotted field: value} the rest
       of the config must hold for its check, and ``test_perturb_extra`` = names of extra-state

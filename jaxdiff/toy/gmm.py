@@ -332,6 +332,39 @@ def oracle_denoiser(gmm: GMM, schedule: Schedule, conditional: bool = True) -> D
 
 
 @dataclasses.dataclass(frozen=True)
+class _ClassWeightsApply:
+    """apply_fn(params=dict(gmm, logits), x, t, cond): the exact denoiser of ``gmm`` with the
+    component log-weights log_softmax(logits[c]) of each example's class c."""
+
+    schedule: Schedule
+
+    def __call__(self, params, x, t, cond):
+        gmm, logits = params["gmm"], params["logits"]
+        alpha, sigma = self.schedule.alpha_sigma(batch_times(t, x))
+        c = jnp.full(x.shape[:1], gmm.num_classes, jnp.int32) if cond is None else cond
+
+        def one(xb, ab, sb, cb):
+            mix = dataclasses.replace(gmm, log_weights=jax.nn.log_softmax(logits[cb]))
+            return mix.posterior_mean(xb[None], ab, sb)[0]
+
+        return jax.vmap(one)(x, alpha, sigma, jnp.asarray(c, jnp.int32))
+
+
+def class_weights_denoiser(gmm: GMM, schedule: Schedule, logits: Array | None = None) -> Denoiser:
+    """A trainable mixture model: D(x, t, c) is the exact denoiser of ``gmm``'s components
+    with the weights softmax(logits[c]), one row of logits (C + 1, K) per class and row C for
+    the null token.  ``logits=None`` starts every row at gmm's own log-weights (every class is
+    the unconditional mixture).  The class-conditional mixtures lie in this family (logits
+    log pi_k on the class's components, -inf elsewhere): the exact optimum of CTRL's alpha = 1
+    fine-tuning of the unconditional mixture with its clean classifier.  Parameters:
+    dict(gmm=gmm, logits=logits); differentiate with respect to ``logits``."""
+    if logits is None:
+        logits = jnp.tile(gmm.log_weights[None], (gmm.num_classes + 1, 1))
+    return Denoiser(apply_fn=_ClassWeightsApply(schedule), params=dict(gmm=gmm, logits=logits),
+                    schedule_=schedule, param=P.Parameterization("x0"))
+
+
+@dataclasses.dataclass(frozen=True)
 class OracleClassifier:
     """The exact noisy classifier ``f(gmm, x, t, y) -> (B,) log p(y | x_t)`` under ``schedule``.
 
