@@ -48,7 +48,7 @@ import ml_collections
 
 from jaxdiff.config import choice, number
 from jaxdiff.denoiser import DenoiserBase, batch_times
-from jaxdiff.distill.teacher import init_from_teacher, load_teacher
+from jaxdiff.distill.teacher import init_from_teacher, load_teacher, teacher_params_like
 from jaxdiff.guidance.base import Guided, register_guidance
 from jaxdiff.guidance.cfg import CFG
 from jaxdiff.objectives.base import Objective, register_objective
@@ -211,8 +211,7 @@ class _Consistency(Objective):
         del key
         extra = dict(target=jax.tree.map(jnp.copy, params))
         if self.teacher is not None:
-            extra["teacher"] = jax.tree.map(lambda p, t: jnp.asarray(t, p.dtype), params,
-                                            self.teacher.params)
+            extra["teacher"] = teacher_params_like(params, self.teacher.params)
         return extra
 
     def _teacher(self, extra):

@@ -40,6 +40,7 @@ from jaxdiff.cond import with_guidance_weight
 from jaxdiff.config import number
 from jaxdiff.denoiser import DenoiserBase, batch_times
 from jaxdiff.distill.teacher import (check_scale_range, init_from_teacher, load_teacher,
+                                     teacher_params_like,
                                      truncated_snr_weight)
 from jaxdiff.errors import ConfigError
 from jaxdiff.objectives.base import Objective, register_objective
@@ -150,8 +151,7 @@ class ProgressiveDistillation(Objective):
 
     def init(self, params, key):
         del key
-        return dict(teacher=jax.tree.map(
-            lambda p, t: jnp.asarray(t, p.dtype), params, self.teacher.params))
+        return dict(teacher=teacher_params_like(params, self.teacher.params))
 
     def loss(self, params, extra, batch, key, step):
         teacher = dataclasses.replace(self.teacher, params=extra["teacher"])

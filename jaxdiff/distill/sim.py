@@ -58,7 +58,7 @@ import optax
 
 from jaxdiff.config import choice, number
 from jaxdiff.denoiser import DenoiserBase, batch_times
-from jaxdiff.distill.teacher import init_from_teacher, load_teacher
+from jaxdiff.distill.teacher import frozen, init_from_teacher, load_teacher, teacher_params_like
 from jaxdiff.errors import ConfigError
 from jaxdiff.guidance.base import Guided, register_guidance
 from jaxdiff.guidance.cfg import CFG
@@ -181,11 +181,6 @@ def sim_generator_loss(generator, teacher: DenoiserBase, fake: DenoiserBase, z: 
     return jnp.mean(per_example), {"score_gap": gap}
 
 
-def frozen(tree):
-    """Parameters with no gradient (a network whose inputs still carry one)."""
-    return jax.tree.map(jax.lax.stop_gradient, tree)
-
-
 # ------------------------------------------------------------------------------------------------
 # the objective
 # ------------------------------------------------------------------------------------------------
@@ -206,7 +201,7 @@ class ScoreImplicitMatching(Objective):
 
     def init(self, params, key):
         del key
-        teacher = jax.tree.map(lambda p, t: jnp.asarray(t, p.dtype), params, self.teacher.params)
+        teacher = teacher_params_like(params, self.teacher.params)
         fake = jax.tree.map(jnp.copy, teacher)
         return dict(teacher=teacher, fake=fake, fake_opt=self.fake_opt.init(fake))
 

@@ -129,6 +129,17 @@ def init_from_teacher(student_params, teacher_params):
     return jax.tree_util.tree_map_with_path(pick, student_params)
 
 
+def teacher_params_like(params, teacher_params):
+    """The teacher's parameters cast leaf by leaf to the dtypes of ``params`` (the student's, of
+    the same structure): the copy a distillation keeps in its extra state."""
+    return jax.tree.map(lambda p, t: jnp.asarray(t, p.dtype), params, teacher_params)
+
+
+def frozen(tree):
+    """Parameters with no gradient (a network whose inputs still carry one)."""
+    return jax.tree.map(jax.lax.stop_gradient, tree)
+
+
 def truncated_snr_weight(alpha: Array, sigma: Array) -> Array:
     """max(SNR, 1) with SNR = alpha^2 / sigma^2, per example (Salimans & Ho 2022, Sec. 4:
     "truncated SNR" weighting of the x-space error); (B,) -> (B,)."""

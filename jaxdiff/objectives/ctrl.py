@@ -59,6 +59,7 @@ import ml_collections
 from jaxdiff.cond import null_like
 from jaxdiff.config import choice, number
 from jaxdiff.denoiser import DenoiserBase
+from jaxdiff.distill.teacher import frozen, init_from_teacher, load_teacher, teacher_params_like
 from jaxdiff.errors import ConfigError
 from jaxdiff.objectives.base import Objective, register_objective
 from jaxdiff.rng import example_keys, normal_per_example
@@ -134,8 +135,7 @@ def kl_rollout(model: DenoiserBase, pretrained: DenoiserBase, key: Array, shape:
     y = sig[0] * normal_per_example(keys, 0, tuple(shape[1:]))
     kls = []
     if cut:
-        frozen = jax.tree.map(jax.lax.stop_gradient, model)
-        y, kl = scan(frozen, y, 0, cut, False)
+        y, kl = scan(frozen(model), y, 0, cut, False)
         y, kl = jax.lax.stop_gradient((y, kl))
         kls.append(kl)
     y, kl = scan(model, y, cut, steps, bool(remat), unroll)
@@ -182,18 +182,15 @@ def classifier_log_prob_fn(spec, config) -> Callable:
     """The reward: log softmax of a classifier's logits at the sample's class, on x0 unclipped
     (its gradient reaches every pixel).  The logits are ``spec.classifier_logits(x0)`` where
     the spec supplies them (a test), else the evaluation's feature network (``config.eval``)."""
+    from jaxdiff.search.verifiers import classifier_log_prob
+
     logits_fn = getattr(spec, "classifier_logits", None)
     if logits_fn is None:
         from jaxdiff.classifier_train import own_feature_space
 
         apply = own_feature_space(config).network.apply
         logits_fn = (lambda x: apply(x)[1])
-
-    def log_prob(x0, cond):
-        logp = jax.nn.log_softmax(logits_fn(x0).astype(jnp.float32), -1)
-        return jnp.take_along_axis(logp, jnp.asarray(cond, jnp.int32)[:, None], axis=-1)[:, 0]
-
-    return log_prob
+    return classifier_log_prob(lambda _, x0: logits_fn(x0), None)
 
 
 class CTRL(Objective):
@@ -201,8 +198,6 @@ class CTRL(Objective):
     model's parameters (frozen)."""
 
     def __init__(self, spec, config):
-        from jaxdiff.distill.teacher import load_teacher
-
         if spec.num_classes < 1:
             raise ConfigError("config.objective.name='ctrl': CTRL adds a class condition; the "
                               "data (config.data) must have classes")
@@ -213,24 +208,19 @@ class CTRL(Objective):
         self.grid = sampling_grid(spec.schedule, int(s.steps), str(s.grid))
 
     def initial_params(self, params):
-        from jaxdiff.distill.teacher import init_from_teacher
-
         return null_row_classes(init_from_teacher(params, self.pretrained.params),
                                 self.spec.null)
 
     def init(self, params, key):
         del key
-        return dict(teacher=jax.tree.map(lambda p, t: jnp.asarray(t, p.dtype), params,
-                                         self.pretrained.params))
+        return dict(teacher=teacher_params_like(params, self.pretrained.params))
 
     def loss(self, params, extra, batch, key, step):
         del step
         s = self.section
         labels = batch["label"]
         shape = (labels.shape[0],) + tuple(self.spec.example_shape)
-        pretrained = dataclasses.replace(self.pretrained,
-                                         params=jax.tree.map(jax.lax.stop_gradient,
-                                                             extra["teacher"]))
+        pretrained = dataclasses.replace(self.pretrained, params=frozen(extra["teacher"]))
         return ctrl_loss(self.spec.denoiser(params), pretrained, self.log_prob, key, shape,
                          labels, null_like(labels, self.spec.null), self.grid,
                          alpha=float(s.alpha), eta=float(s.eta), indices=batch.get("index"),
