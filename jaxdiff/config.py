@@ -139,7 +139,10 @@ def _check_objective(section, config, **_) -> None:
 def default_optim_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         lr=2e-4, lr_schedule="cosine", warmup_steps=100, final_lr_fraction=0.1,
-        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+        # {name: m}: the update of every parameter whose path has the component ``name`` (e.g.
+        # 'class_table') is multiplied by m, i.e. its learning rate is m x the schedule's
+        lr_multipliers=ml_collections.ConfigDict()))
 
 
 def _check_optim(o, config, **_) -> None:
@@ -151,6 +154,8 @@ def _check_optim(o, config, **_) -> None:
     number(o.grad_clip, "optim.grad_clip", low=0.0)
     for b in ("b1", "b2"):
         number(o[b], f"optim.{b}", low=0.0, high=1.0)
+    for name, m in o.get("lr_multipliers", {}).items():
+        number(m, f"optim.lr_multipliers.{name}", low=0.0)
 
 
 def default_train_config() -> ml_collections.ConfigDict:

@@ -39,6 +39,7 @@ from jaxdiff.jobs import rundir
 from jaxdiff.jobs.spec import RunSpec, build_spec, open_checkpoints, register_job
 from jaxdiff.jsonio import write_json
 from jaxdiff.objectives import Objective, build_objective, objective_family
+from jaxdiff.optim import check_lr_multipliers, scale_by_path
 
 Array = jax.Array
 
@@ -63,13 +64,17 @@ def learning_rate_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
 
 def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformation,
                                                         optax.Schedule]:
-    """Gradient clipping (if > 0) then AdamW on the learning-rate schedule."""
+    """Gradient clipping (if > 0), AdamW on the learning-rate schedule, then the per-parameter
+    learning-rate multipliers ``optim.lr_multipliers`` (if any)."""
     lr = learning_rate_schedule(optim_cfg, num_steps)
     parts = []
     if optim_cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))
     parts.append(optax.adamw(lr, b1=float(optim_cfg.b1), b2=float(optim_cfg.b2),
                              eps=float(optim_cfg.eps), weight_decay=float(optim_cfg.weight_decay)))
+    multipliers = dict(optim_cfg.get("lr_multipliers", {}))
+    if multipliers:
+        parts.append(scale_by_path(multipliers))
     return optax.chain(*parts), lr
 
 
@@ -93,6 +98,7 @@ def build_trainer(config, num_classes: int, example_shape,
     spec = build_spec(config, num_classes, example_shape, kind)
     objective = build_objective(spec, config)
     params = objective.initial_params(spec.init_params())
+    check_lr_multipliers(params, dict(config.optim.get("lr_multipliers", {})))
     optimizer, lr = make_optimizer(config.optim, int(config.train.num_steps))
     rng = jax.random.key(int(config.seed) + 1)
     extra = objective.init(params, jax.random.key(int(config.seed) + 2))

@@ -62,6 +62,7 @@ from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.distill.teacher import frozen, init_from_teacher, load_teacher, teacher_params_like
 from jaxdiff.errors import ConfigError
 from jaxdiff.objectives.base import Objective, register_objective
+from jaxdiff.optim import path_components
 from jaxdiff.rng import example_keys, normal_per_example
 from jaxdiff.samplers.ddim import ddim_step
 from jaxdiff.schedules import GRID_KINDS, Grid, sampling_grid
@@ -170,8 +171,8 @@ def null_row_classes(params, null: int):
     0 .. null - 1) set to its null row ``null``: a network that, for every class, predicts
     what it predicts unconditionally."""
     def one(path, leaf):
-        names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
-        if names[-2:] == ["class_table", "embedding"] and leaf.shape[0] == null + 1:
+        if path_components(path)[-2:] == ("class_table", "embedding") \
+                and leaf.shape[0] == null + 1:
             return jnp.broadcast_to(leaf[null], leaf.shape).astype(leaf.dtype)
         return leaf
 
