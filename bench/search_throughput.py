@@ -105,7 +105,7 @@ def render(meta: dict, rows: dict) -> str:
              f"{meta['versions']['jax']}: `{meta['command']}`.  Network batch {meta['batch']} "
              f"of 32x32x1 (the first command's U-Net, float32), DDPM {meta['steps']} steps; "
              "see `bench/search_throughput.py`.  Fraction: the method's NFE/s over plain "
-             "sampling's (the issue's goal: at least 0.8).", "",
+             "sampling's (the goal: at least 0.8).", "",
              "| method | NFE/s per round (median) | NFE/s | fraction of plain |",
              "|---|---|---:|---:|"]
     for name, r in rows.items():

@@ -62,6 +62,22 @@ def check_lambda(lam) -> float:
     return float(lam)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ByIdentity:
+    """A callable (a verifier) handed to ``jax.jit`` as a static argument, equal and hashed by
+    the callable's identity: the compiled program is reused for as long as the same object is
+    passed (a search called again with the same verifier compiles nothing), whatever the
+    callable holds (arrays, unhashable fields)."""
+
+    fn: Any
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ByIdentity) and other.fn is self.fn
+
+    def __hash__(self) -> int:
+        return id(self.fn)
+
+
 def make_grid(schedule, steps: int, grid: str | Grid) -> Grid:
     """The sampling grid (a named kind built for ``schedule``, or a given Grid)."""
     return grid if isinstance(grid, Grid) else sampling_grid(schedule, int(steps), grid)

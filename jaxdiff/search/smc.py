@@ -18,6 +18,7 @@ the last prediction).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -27,8 +28,8 @@ import jax.numpy as jnp
 from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.rng import example_keys, normal_per_example
 from jaxdiff.samplers.ddim import ddim_step
-from jaxdiff.search.base import (SearchResult, candidate_indices, check_count, check_lambda,
-                                 make_grid, repeat_cond)
+from jaxdiff.search.base import (ByIdentity, SearchResult, candidate_indices, check_count,
+                                 check_lambda, make_grid, repeat_cond)
 from jaxdiff.search.verifiers import Verifier, denoiser_calls, scores_of
 from jaxdiff.search.config import check_fields, register_search
 
@@ -39,6 +40,52 @@ def effective_sample_size(logw: Array) -> Array:
     """(B,) ESS = (sum w)^2 / sum w^2 of log-weights (B, N)."""
     w = jax.nn.softmax(logw, axis=1)
     return 1.0 / jnp.sum(w * w, axis=1)
+
+
+def _reweight(logw, r, r_prev, rkey, lam, ess_threshold):
+    """Log-weights grown by lam (r - r_prev); an example whose ESS fell below ess_threshold N
+    draws its particles' parents multinomially and resets its weights.  Returns (log-weights,
+    parents (B, N))."""
+    b, n = logw.shape
+    logw = logw + lam * (r - r_prev)
+    low = effective_sample_size(logw) < ess_threshold * n                 # (B,)
+    parents = jax.random.categorical(rkey, logw[:, None, :], axis=-1, shape=(b, n))
+    keep = jnp.broadcast_to(jnp.arange(n)[None], (b, n))
+    parents = jnp.where(low[:, None], parents, keep)
+    logw = jnp.where(low[:, None], 0.0, logw)
+    return logw, parents
+
+
+def _gather(a, parents):
+    """Rows of a (B N, ...) taken from each example's parent particles (B, N)."""
+    b, n = parents.shape
+    a = a.reshape((b, n) + a.shape[1:])
+    a = jnp.take_along_axis(a, parents.reshape((b, n) + (1,) * (a.ndim - 2)), axis=1)
+    return a.reshape((b * n,) + a.shape[2:])
+
+
+@functools.partial(jax.jit, static_argnames=("reward", "particles", "resample"))
+def _step(den, g, keys, conds, y, logw, r_prev, i, rkey, lam, eta, ess_threshold, *,
+          reward, particles, resample):
+    """Grid point i of every example's N particles (y: (B N, ...)): one evaluation D_i for the
+    potential and the step, the reweighting (and, when ``resample``, the resampling), then the
+    DDIM step.  One program for every call with the same shapes, denoiser structure and
+    verifier object (the denoiser's parameters and the grid are arguments, not constants).
+    Returns (y at point i + 1, log-weights, rewards (B, N), weighted mean reward, the number of
+    non-finite rewards)."""
+    b, rest = y.shape[0] // particles, y.shape[1:]
+    d = den(g.alpha[i] * y, g.t[i], conds)
+    r = scores_of(reward.fn, d, conds)                # traced: the shape is checked here
+    bad = jnp.sum(~jnp.isfinite(r))
+    r = r.reshape(b, particles)
+    logw, parents = _reweight(logw, r, r_prev, rkey, lam, ess_threshold)
+    if resample:
+        y, d = _gather(y, parents), _gather(d, parents)
+        r = _gather(r.reshape(-1), parents).reshape(b, particles)
+    w = jax.nn.softmax(logw, axis=1)
+    z = normal_per_example(keys, i + 1, rest)
+    y = ddim_step(y, d, g.sigma_ve[i], g.sigma_ve[i + 1], eta, z)
+    return y, logw, r, jnp.mean(jnp.sum(w * r, axis=1)), bad
 
 
 def smc(den: DenoiserBase, key: Array, shape: tuple[int, ...], reward: Verifier, *,
@@ -69,47 +116,23 @@ def smc(den: DenoiserBase, key: Array, shape: tuple[int, ...], reward: Verifier,
     keys = example_keys(key, candidate_indices(idx, n))
     conds = repeat_cond(cond, n)
 
-    def predict(y, i):
-        return den(g.alpha[i] * y, g.t[i], conds)
-
-    @jax.jit
-    def advance(y, d, i):
-        z = normal_per_example(keys, i + 1, rest)
-        return ddim_step(y, d, g.sigma_ve[i], g.sigma_ve[i + 1], jnp.float32(eta), z)
-
-    @jax.jit
-    def reweight(logw, r, r_prev, rkey):
-        logw = logw + lam * (r - r_prev)
-        low = effective_sample_size(logw) < float(ess_threshold) * n          # (B,)
-        parents = jax.random.categorical(rkey, logw[:, None, :], axis=-1,
-                                         shape=(b, n))                     # (B, N)
-        keep = jnp.broadcast_to(jnp.arange(n)[None], (b, n))
-        parents = jnp.where(low[:, None], parents, keep)
-        logw = jnp.where(low[:, None], 0.0, logw)
-        return logw, parents
-
-    def gather(a, parents):
-        a = a.reshape((b, n) + a.shape[1:])
-        a = jnp.take_along_axis(a, parents.reshape((b, n) + (1,) * (a.ndim - 2)), axis=1)
-        return a.reshape((b * n,) + a.shape[2:])
-
     y = g.sigma_ve[0] * normal_per_example(keys, 0, rest)
     logw = jnp.zeros((b, n), jnp.float32)
     r_prev = jnp.zeros((b, n), jnp.float32)
-    predict_j = jax.jit(predict)
     per_step = n * (1 + denoiser_calls(reward))    # the step's evaluation and the potential's
-    trace = []
-    for i in range(g.steps):
-        d = predict_j(y, i)
-        r = scores_of(reward, d, conds).reshape(b, n)
-        logw, parents = reweight(logw, r, r_prev, jax.random.fold_in(key, 0x5EC0 + i))
-        if lam > 0:
-            y, d, r = gather(y, parents), gather(d, parents), gather(r.reshape(-1), parents)
-            r = r.reshape(b, n)
-        r_prev = r
-        w = jax.nn.softmax(logw, axis=1)
-        trace.append(((i + 1) * per_step, float(jnp.mean(jnp.sum(w * r, axis=1)))))
-        y = advance(y, d, i)
+    means, bads = [], []
+    for i in range(g.steps):     # dispatched without waiting: the host never blocks a step
+        y, logw, r_prev, mean_r, bad = _step(
+            den, g, keys, conds, y, logw, r_prev, i, jax.random.fold_in(key, 0x5EC0 + i),
+            jnp.float32(lam), jnp.float32(eta), jnp.float32(ess_threshold),
+            reward=ByIdentity(reward), particles=n, resample=lam > 0)
+        means.append(mean_r)
+        bads.append(bad)
+    bads = [int(v) for v in jax.device_get(bads)]
+    if any(bads):
+        first = next(v for v in bads if v)
+        raise ValueError(f"verifier: {first} of {b * n} scores are not finite")
+    trace = [((i + 1) * per_step, float(m)) for i, m in enumerate(jax.device_get(means))]
     # the last step lands on zero noise: y is the last prediction D_{N-1}, whose reward is r_prev
     pick = jax.random.categorical(jax.random.fold_in(key, 0x5EC0 + g.steps), logw, axis=1)
     rows = jnp.arange(b)

@@ -41,6 +41,7 @@ tree does not depend on the batch it runs in.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -61,6 +62,24 @@ Array = jax.Array
 
 ROOT = 0
 DEFAULT_MAX_BYTES = 4 << 30
+
+
+@functools.partial(jax.jit, static_argnames=("rest",))
+def _start(g, keys, rest):
+    """The rollouts' initial noise at the grid's first point, (B, *rest)."""
+    return g.sigma_ve[0] * normal_per_example(keys, 0, rest)
+
+
+@jax.jit
+def _step(den, g, y, i, keys, first, cond, eta):
+    """One DDIM(eta) step from grid point i of every rollout whose start ``first`` (B,) is at or
+    before i; the others wait unchanged.  The denoiser and grid are arguments (one program for
+    every tree of the same shapes, not one per search)."""
+    d = den(g.alpha[i] * y, g.t[i], cond)
+    z = normal_per_example(keys, i + 1, y.shape[1:])
+    moved = ddim_step(y, d, g.sigma_ve[i], g.sigma_ve[i + 1], eta, z)
+    active = (first <= i).reshape((-1,) + (1,) * (y.ndim - 1))
+    return jnp.where(active, moved, y)
 
 
 def _seed(key: Array, stream: int) -> list[int]:
@@ -168,21 +187,7 @@ class DiffusionTrees:
         self.done = np.zeros(b, np.int64)                # rollouts taken per tree
         self._rng = [np.random.default_rng(_seed(key, 0xD75) + [int(i)]) for i in idx]
 
-        eta = jnp.float32(eta)
-
-        @jax.jit
-        def start(keys):
-            return g.sigma_ve[0] * normal_per_example(keys, 0, rest)
-
-        @jax.jit
-        def step(y, i, keys, first):
-            d = den(g.alpha[i] * y, g.t[i], cond)
-            z = normal_per_example(keys, i + 1, rest)
-            moved = ddim_step(y, d, g.sigma_ve[i], g.sigma_ve[i + 1], eta, z)
-            active = (first <= i).reshape((-1,) + (1,) * len(rest))
-            return jnp.where(active, moved, y)
-
-        self._start, self._step = start, step
+        self.den, self.eta = den, jnp.float32(eta)
 
     # ---------------------------------------------------------------------------------------
     # selection, expansion, backup
@@ -267,13 +272,14 @@ class DiffusionTrees:
         ids = self.indices * self.max_rollouts + self.done
         keys = example_keys(self.key, jnp.asarray(ids, jnp.uint32))
         yj = jnp.where(jnp.asarray(from_root).reshape((-1,) + (1,) * len(self.rest)),
-                       self._start(keys), jnp.asarray(y))
+                       _start(self.grid, keys, self.rest), jnp.asarray(y))
         kept = {}
         if 0 in self.levels:
             kept[0] = yj
         firstj = jnp.asarray(first)
         for i in range(int(first.min()), n):
-            yj = self._step(yj, jnp.int32(i), keys, firstj)
+            yj = _step(self.den, self.grid, yj, jnp.int32(i), keys, firstj, self.cond,
+                       self.eta)
             if i + 1 in self.levels:
                 kept[i + 1] = yj
         kept[n] = yj
