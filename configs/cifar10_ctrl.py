@@ -15,6 +15,8 @@ accelerator.
 """
 import os
 
+import ml_collections
+
 from jaxdiff.config import load_config_file
 from jaxdiff.objectives import objective_config
 from jaxdiff.objectives.ctrl import ctrl_sampling
@@ -28,6 +30,8 @@ def get_config():
     config.objective = objective_config("ctrl", alpha=1.0, steps=50, grid="uniform_t", eta=1.0,
                                         backprop_steps=40, remat=True)
     config.optim.lr = 1e-4
+    config.optim.lr_multipliers = ml_collections.ConfigDict(dict(class_table=100.0))  # 1e-2,
+    #                                        the official class embedding's own rate
     config.optim.lr_schedule = "constant"
     config.optim.warmup_steps = 100
     config.train.batch_size = 128          # rollouts per step

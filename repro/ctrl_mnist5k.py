@@ -7,7 +7,7 @@ command line's ``--mode=train`` if it is missing) at its null condition: the unc
 model its 10% condition dropout trained.  For each alpha, ``configs/mnist5k_ctrl.py``
 fine-tunes it (``--mode=distill``; a finished run returns at once): 8 rollouts per step of the
 10-step DDPM chain on the uniform-logSNR grid, the reward log p(c | x0) of the pinned feature
-network, the KL of the chain to the pretrained one, gradients through its last 5 steps.  Every
+network, the KL of the chain to the pretrained one, gradients through every step.  Every
 model is then sampled with that chain, ``--samples`` class-balanced samples, scored in the
 pinned feature space against the 1,000 held-out images.  The pinned network is both the
 reward and the judge of accuracy (as in the paper, whose reward classifiers also score its
@@ -155,7 +155,9 @@ def markdown(result: dict) -> str:
              f"- Pretrained: `{result['pretrained_config']}` at its null condition; fine-tuned: "
              f"`{result['ctrl_config']}`, {result['steps']} steps of 8 rollouts per alpha ("
              + ", ".join(f"alpha {a}: {m:.1f} min" for a, m in result["minutes"].items())
-             + " of wall time on this machine, 2 cores); EMA parameters.",
+             + " of wall time on this machine, 2 cores); EMA parameters; gradients through "
+             "every step of the chain, the class table at 50 times the network's learning "
+             "rate (`optim.lr_multipliers`).",
              "- Every row samples the same chain, DDPM with 10 steps on the uniform-logSNR grid, "
              "without guidance.",
              f"- Scores: own-feature FD and class accuracy in the pinned feature space, "
