@@ -50,3 +50,17 @@ def test_a_changed_field_is_not(tmp_path):
     config.model.base_channels = 2 * config.model.base_channels
     with pytest.raises(IncompatibleCheckpointError, match=r"model\.base_channels"):
         rundir.check_compatible(wd, config, "restore")
+
+
+def test_learning_rate_multipliers_define_a_resumed_run_but_not_the_model(tmp_path):
+    """With multipliers the optimizer state has one more element: a run trained without them
+    cannot resume with them (one line naming the field), but its model serves any config."""
+    import ml_collections
+
+    config = load_config_file(DIGITS)
+    wd = _workdir_trained_before(tmp_path, config, "model.exit_heads")
+    config.optim.lr_multipliers = ml_collections.ConfigDict(dict(class_table=50.0))
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"optim\.lr_multipliers\.class_table='<absent>' \(config has 50\.0\)"):
+        rundir.check_compatible(wd, config, "train")
+    rundir.check_compatible(wd, config, "restore")

@@ -28,10 +28,11 @@ HISTORY_DIR = "config_history"
 
 # Config fields (dotted prefixes) that fix what a checkpoint holds and means, per job: a model
 # is only meaningful with its network, noise process, parameterization and data; a resumed run
-# also needs the same objective (its extra state) and EMA decays.
+# also needs the same objective (its extra state), EMA decays and learning-rate multipliers
+# (with any, the optimizer state holds one more transform's state).
 _MODEL = ("model", "diffusion", "data.name", "data.tfds_name", "data.image_size",
           "data.image_key", "data.label_key", "data.train_split", "train.ema_decays")
-DEFINING = {"train": _MODEL + ("objective",), "restore": _MODEL}
+DEFINING = {"train": _MODEL + ("objective", "optim.lr_multipliers"), "restore": _MODEL}
 _MAX_NAMED = 4
 
 
