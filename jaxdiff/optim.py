@@ -13,6 +13,11 @@ import optax
 from jaxdiff.errors import ConfigError
 
 
+def lr_multipliers(optim_cfg) -> dict:
+    """``optim.lr_multipliers`` as a plain dict ({} for a config written before the field)."""
+    return dict(optim_cfg.get("lr_multipliers", {}))
+
+
 def path_components(path) -> tuple[str, ...]:
     """The names along a pytree key path, e.g. ('params', 'class_table', 'embedding')."""
     return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdiff.config import default_optim_config, validate
+from jaxdiff.config import default_optim_config, load_config_file, validate
 from jaxdiff.errors import ConfigError
 from jaxdiff.jobs.train import make_optimizer
 from jaxdiff.optim import check_lr_multipliers, lr_factors, path_components
@@ -81,8 +81,6 @@ def test_bad_multipliers_fail_with_the_field():
     with pytest.raises(ConfigError, match=r"config.optim.lr_multipliers.clas_table: no "
                                           r"parameter path has a component 'clas_table'"):
         check_lr_multipliers(_params(), {"clas_table": 2.0})
-    from jaxdiff.config import load_config_file
-
     config = load_config_file("configs/mnist5k.py")
     config.optim.lr_multipliers = ml_collections.ConfigDict(dict(class_table=-1.0))
     with pytest.raises(ConfigError, match=r"config.optim.lr_multipliers.class_table: must be "

@@ -39,7 +39,7 @@ from jaxdiff.jobs import rundir
 from jaxdiff.jobs.spec import RunSpec, build_spec, open_checkpoints, register_job
 from jaxdiff.jsonio import write_json
 from jaxdiff.objectives import Objective, build_objective, objective_family
-from jaxdiff.optim import check_lr_multipliers, scale_by_path
+from jaxdiff.optim import check_lr_multipliers, lr_multipliers, scale_by_path
 
 Array = jax.Array
 
@@ -72,7 +72,7 @@ def make_optimizer(optim_cfg, num_steps: int) -> tuple[optax.GradientTransformat
         parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))
     parts.append(optax.adamw(lr, b1=float(optim_cfg.b1), b2=float(optim_cfg.b2),
                              eps=float(optim_cfg.eps), weight_decay=float(optim_cfg.weight_decay)))
-    multipliers = dict(optim_cfg.get("lr_multipliers", {}))
+    multipliers = lr_multipliers(optim_cfg)
     if multipliers:
         parts.append(scale_by_path(multipliers))
     return optax.chain(*parts), lr
@@ -98,7 +98,7 @@ def build_trainer(config, num_classes: int, example_shape,
     spec = build_spec(config, num_classes, example_shape, kind)
     objective = build_objective(spec, config)
     params = objective.initial_params(spec.init_params())
-    check_lr_multipliers(params, dict(config.optim.get("lr_multipliers", {})))
+    check_lr_multipliers(params, lr_multipliers(config.optim))
     optimizer, lr = make_optimizer(config.optim, int(config.train.num_steps))
     rng = jax.random.key(int(config.seed) + 1)
     extra = objective.init(params, jax.random.key(int(config.seed) + 2))

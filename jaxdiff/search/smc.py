@@ -120,12 +120,13 @@ def smc(den: DenoiserBase, key: Array, shape: tuple[int, ...], reward: Verifier,
     logw = jnp.zeros((b, n), jnp.float32)
     r_prev = jnp.zeros((b, n), jnp.float32)
     per_step = n * (1 + denoiser_calls(reward))    # the step's evaluation and the potential's
+    scalars = (jnp.float32(lam), jnp.float32(eta), jnp.float32(ess_threshold))
+    static = dict(reward=ByIdentity(reward), particles=n, resample=lam > 0)
     means, bads = [], []
     for i in range(g.steps):     # dispatched without waiting: the host never blocks a step
         y, logw, r_prev, mean_r, bad = _step(
             den, g, keys, conds, y, logw, r_prev, i, jax.random.fold_in(key, 0x5EC0 + i),
-            jnp.float32(lam), jnp.float32(eta), jnp.float32(ess_threshold),
-            reward=ByIdentity(reward), particles=n, resample=lam > 0)
+            *scalars, **static)
         means.append(mean_r)
         bads.append(bad)
     bads = [int(v) for v in jax.device_get(bads)]
