@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import platform
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -201,15 +202,45 @@ def read_manifest(path: str) -> tuple[dict, str]:
         return json.load(f), os.path.dirname(os.path.abspath(manifest_path))
 
 
-def load_feature_network(path: str, batch_size: int = 500) -> FeatureNetwork:
-    """Loads a trained classifier as a ``FeatureNetwork`` after verifying its checksum.
+@dataclasses.dataclass(frozen=True)
+class ClassifierWeights:
+    """A trained classifier as a function of its parameters (to adapt or differentiate them).
+
+    Fields: graphdef (the NNX graph), params (pure dict, float32), manifest (its
+    ``feature_network.json``), directory (where it lives), checksum (its params file's SHA-256).
+    ``logits(params, x)``: images (B, H, W, C) in [-1, 1] -> (B, num_classes).
+    """
+
+    graphdef: Any
+    params: Any
+    manifest: dict
+    directory: str
+    checksum: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    @property
+    def logits_fn(self) -> "ClassifierLogits":
+        return ClassifierLogits(self.graphdef)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierLogits:
+    """``logits_fn(params, x) -> (B, K)`` of a classifier graph (hashable: a jit static)."""
+
+    graphdef: Any
+
+    def __call__(self, params, x):
+        return nnx.merge(self.graphdef, params).logits(x)
+
+
+def load_classifier_weights(path: str) -> ClassifierWeights:
+    """Loads a trained classifier's parameters after verifying their checksum.
 
     Args:
       path: the training workdir or its ``feature_network.json``.
-      batch_size: images per compiled forward call.
-    Returns:
-      FeatureNetwork: images (N, H, W, C) in [-1, 1] -> features (N, feature_dim), logits
-      (N, num_classes); ``checksum`` is the params file's SHA-256.
     Raises:
       FileNotFoundError: manifest or params file missing.
       ValueError: the params file's SHA-256 differs from the manifest's, or its arrays do not
@@ -235,12 +266,27 @@ def load_feature_network(path: str, batch_size: int = 500) -> FeatureNetwork:
     if unexpected:
         raise ValueError(f"{params_path}: arrays {unexpected} are not parameters of the "
                          f"architecture in the manifest")
-    nnx.replace_by_pure_dict(state, _unflatten_like(template, flat))
-    apply = _make_apply(graphdef)
-    return FeatureNetwork(name=manifest["name"], checksum=checksum,
-                          feature_dim=int(arch.feature_dim),
-                          num_classes=int(manifest["num_classes"]),
-                          apply=lambda x: apply(state, x), batch_size=batch_size)
+    return ClassifierWeights(graphdef, _unflatten_like(template, flat), manifest, directory,
+                             checksum)
+
+
+def load_feature_network(path: str, batch_size: int = 500) -> FeatureNetwork:
+    """Loads a trained classifier as a ``FeatureNetwork`` after verifying its checksum.
+
+    Args:
+      path: the training workdir or its ``feature_network.json``.
+      batch_size: images per compiled forward call.
+    Returns:
+      FeatureNetwork: images (N, H, W, C) in [-1, 1] -> features (N, feature_dim), logits
+      (N, num_classes); ``checksum`` is the params file's SHA-256.
+    Raises: as ``load_classifier_weights``.
+    """
+    w = load_classifier_weights(path)
+    apply = _make_apply(w.graphdef)
+    return FeatureNetwork(name=w.manifest["name"], checksum=w.checksum,
+                          feature_dim=int(w.manifest["architecture"]["feature_dim"]),
+                          num_classes=w.num_classes,
+                          apply=lambda x: apply(w.params, x), batch_size=batch_size)
 
 
 # ------------------------------------------------------------------------------------------------

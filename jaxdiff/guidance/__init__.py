@@ -11,8 +11,9 @@ from jaxdiff.guidance.cfg import CFG
 from jaxdiff.guidance.cfgpp import CFGPlusPlus
 from jaxdiff.guidance.classifier import ClassifierGuidance
 from jaxdiff.guidance.elucd import EluCD
+from jaxdiff.guidance.ppap import ExpertBank, NullCondition
 from jaxdiff.guidance.steered import Steered
 
 __all__ = ["APG", "Autoguidance", "CFG", "CFGPlusPlus", "ClassifierGuidance", "EluCD",
-           "GUIDANCE", "Guided", "Steered", "build_guidance", "check_guidance", "evals_per_call",
+           "ExpertBank", "GUIDANCE", "Guided", "NullCondition", "Steered", "build_guidance", "check_guidance", "evals_per_call",
            "guidance_config", "null_like", "register_guidance"]
