@@ -20,8 +20,10 @@ from memory through ``spec.load_denoiser(workdir, step)`` / ``spec.load_classifi
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
+import jax
 import ml_collections
 
 from jaxdiff.cond import null_like
@@ -40,6 +42,26 @@ class Guided(DenoiserBase):
     @property
     def schedule(self):
         return self.inner.schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class NullCondition(Guided):
+    """The inner model's unconditional prediction whatever the condition (the null token
+    ``null``): guiding the unconditional half of a model trained with condition dropout, as
+    PPAP guides an unconditional model, while the guidance still sees the labels."""
+
+    inner: DenoiserBase
+    null: int = 0
+
+    def x0(self, x, t, cond=None):
+        import jax.numpy as jnp
+
+        if cond is None:
+            return self.inner(x, t, None)
+        return self.inner(x, t, jnp.full_like(jnp.asarray(cond), self.null))
+
+
+jax.tree_util.register_dataclass(NullCondition, data_fields=["inner"], meta_fields=["null"])
 
 
 def interval_scale(scale, t, t_lo, t_hi, x):

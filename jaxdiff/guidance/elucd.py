@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from jaxdiff.cond import check_cond_batch
 from jaxdiff.denoiser import DenoiserBase, batch_times
 from jaxdiff.errors import ConfigError
-from jaxdiff.guidance.base import Guided, register_guidance
+from jaxdiff.guidance.base import Guided, NullCondition, register_guidance
 
 Array = jax.Array
 
@@ -133,7 +133,7 @@ def _defaults():
 
     # DDPM ImageNet-128 settings of the paper's code: tau2 = 0.5 tau1, gamma = 0.3, s = 1.
     return ml_collections.ConfigDict(dict(scale=1.0, tau1=1.0, tau2=0.5, gamma=0.3,
-                                          classifier_dir=""))
+                                          classifier_dir="", unconditional=False))
 
 
 def _check(section) -> None:
@@ -146,6 +146,14 @@ def _check(section) -> None:
     if not isinstance(section.get("classifier_dir"), str):
         raise ConfigError(f"config.guidance.classifier_dir: must be a path, got "
                           f"{section.get('classifier_dir')!r}")
+    check_unconditional(section)
+
+
+def check_unconditional(section) -> None:
+    """The ``unconditional`` field of the classifier guidances: a bool."""
+    if not isinstance(section.get("unconditional"), bool):
+        raise ConfigError(f"config.guidance.unconditional: must be True or False, got "
+                          f"{section.get('unconditional')!r}")
 
 
 def load_classifier(section, spec):
@@ -172,14 +180,17 @@ def load_classifier(section, spec):
 @register_guidance("elucd", defaults=_defaults, check=_check,
                    evals_per_call=lambda section: 1)
 def build_elucd(inner, section, spec):
-    """EluCD around a class-conditional model with the section's classifier; an unconditional
-    model is returned unguided (there are no labels to guide to)."""
+    """EluCD around a class-conditional model with the section's classifier; ``unconditional``:
+    guide the model's unconditional prediction (null condition) towards the label.  An
+    unconditional run is returned unguided (there are no labels to guide to)."""
     if spec.num_classes == 0:
         return inner
     logits_fn, params, k = load_classifier(section, spec)
     if int(k) != int(spec.num_classes):
         raise ConfigError(f"config.guidance.classifier_dir: the classifier has {k} classes, "
                           f"the run has {spec.num_classes}")
+    if section.unconditional:
+        inner = NullCondition(inner, int(spec.null))
     return EluCD(inner, logits_fn, params, num_classes=int(spec.num_classes),
                  scale=float(section.scale), tau1=float(section.tau1), tau2=float(section.tau2),
                  gamma=float(section.gamma))

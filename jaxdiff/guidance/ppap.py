@@ -35,8 +35,9 @@ import numpy as np
 
 from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.errors import ConfigError
-from jaxdiff.guidance.base import Guided, register_guidance
+from jaxdiff.guidance.base import NullCondition, register_guidance
 from jaxdiff.guidance.classifier import ClassifierGuidance
+from jaxdiff.guidance.elucd import check_unconditional
 from jaxdiff.models.lora import LoRA
 
 Array = jax.Array
@@ -124,24 +125,6 @@ def single_expert(params):
     return jax.tree.map(lambda a: jnp.asarray(a)[None], params)
 
 
-@dataclasses.dataclass(frozen=True)
-class NullCondition(Guided):
-    """The inner model's unconditional prediction whatever the condition (the null token
-    ``null``): guiding the unconditional half of a model trained with condition dropout, as
-    PPAP guides an unconditional model, while the guidance still sees the labels."""
-
-    inner: DenoiserBase
-    null: int = 0
-
-    def x0(self, x, t, cond=None):
-        if cond is None:
-            return self.inner(x, t, None)
-        return self.inner(x, t, jnp.full_like(jnp.asarray(cond), self.null))
-
-
-jax.tree_util.register_dataclass(NullCondition, data_fields=["inner"], meta_fields=["null"])
-
-
 def ppap(inner: DenoiserBase, bank: ExpertBank, params, *, num_classes: int, scale=7.5
          ) -> ClassifierGuidance:
     """PPAP guidance of ``inner`` by the expert ``bank`` (its ``params``) at scale s (traced)."""
@@ -218,9 +201,7 @@ def _check(section) -> None:
         if not isinstance(section.get(field), str):
             raise ConfigError(f"config.guidance.{field}: must be a path, got "
                               f"{section.get(field)!r}")
-    if not isinstance(section.get("unconditional"), bool):
-        raise ConfigError(f"config.guidance.unconditional: must be True or False, got "
-                          f"{section.get('unconditional')!r}")
+    check_unconditional(section)
 
 
 def bank_from_directory(experts_dir: str, spec) -> tuple[ExpertBank, Any, int]:

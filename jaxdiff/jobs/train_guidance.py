@@ -60,6 +60,7 @@ def default_guidance_train_config() -> ml_collections.ConfigDict:
         lr=1e-4, weight_decay=0.05,
         pool_size=2000,            # distill: model samples to train on
         pool_sampler="ddim", pool_steps=20, pool_batch=250,
+        pool_dir="",               # where the pool's chunks are kept; '' = OUT/pool
         classifier_dir="",         # the base classifier; '' = the dataset's own feature network
         out_dir="",                # '' = WORKDIR/guidance_experts
         checkpoint_every=200,
@@ -82,7 +83,7 @@ def _check(g, config, **_) -> None:
         raise ConfigError(f"config.guidance_train.boundaries: {len(g.boundaries)} values for "
                           f"{g.num_experts} experts; give num_experts + 1, or () for equal "
                           f"ranges")
-    for field in ("classifier_dir", "out_dir"):
+    for field in ("classifier_dir", "out_dir", "pool_dir"):
         if not isinstance(g[field], str):
             raise ConfigError(f"config.guidance_train.{field}: must be a path, got {g[field]!r}")
 
@@ -129,7 +130,8 @@ def _out_dir(config, workdir: str) -> str:
 def model_pool(config, workdir: str, out: str) -> tuple[np.ndarray, int]:
     """(pool (pool_size, ...) float32 in [-1, 1], checkpoint step): samples of the run's model
     at the null condition, generated in chunks of ``pool_batch`` that are kept in
-    ``out/pool/`` (a killed run regenerates only the missing chunks).  Chunk i uses the key
+    ``guidance_train.pool_dir`` (default ``out/pool``; a killed run regenerates only the missing
+    chunks, and banks trained from one model can share a pool).  Chunk i uses the key
     fold_in(key(seed + 1), i)."""
     from jaxdiff import samplers
 
@@ -137,7 +139,7 @@ def model_pool(config, workdir: str, out: str) -> tuple[np.ndarray, int]:
     spec, _ = spec_for_data(config, "train")
     params, step = restore_model(spec, workdir)
     den = spec.sampling_denoiser(params, stitch=False)
-    pool_dir = os.path.join(out, "pool")
+    pool_dir = g.pool_dir or os.path.join(out, "pool")
     os.makedirs(pool_dir, exist_ok=True)
     n, b = int(g.pool_size), int(g.pool_batch)
     chunks = []
