@@ -118,6 +118,39 @@ def run_command_line(flags: list[str]) -> float:
     return time.time() - start
 
 
+def check_trained_workdir(workdir: str, config: str, step: int | None = None) -> None:
+    """Raises MissingPrerequisite, naming the training command, unless ``workdir`` holds a
+    trained model (its checkpoint ``step``, when given) of the experiment ``config``."""
+    path = os.path.join(workdir, "checkpoints", "" if step is None else str(step))
+    if not os.path.isdir(path):
+        what = "a trained model" if step is None else f"checkpoint {step}"
+        raise MissingPrerequisite(
+            f"no {what} in {workdir}; train it first:\n  python3 -m jaxdiff.main "
+            f"--config={config} --workdir={workdir} --mode=train")
+
+
+def trained_model(workdir: str, config_path: str, sampler: str, steps: int, grid: str):
+    """(config, spec, params, train step) of the trained ``workdir`` of ``config_path``, its
+    EMA parameters, with sampling set to (sampler, steps, grid)."""
+    from jaxdiff.config import load_config_file
+    from jaxdiff.jobs.spec import restore_model, spec_for_data
+
+    config = load_config_file(config_path)
+    config.sample.sampler, config.sample.steps, config.sample.grid = sampler, steps, grid
+    spec, _ = spec_for_data(config)
+    params, step = restore_model(spec, workdir)
+    return config, spec, params, step
+
+
+def guided_scores(spec, params, section, samples: int, batch: int = 250) -> dict:
+    """``timed_class_balanced_samples`` of the run's model under the guidance ``section`` (a
+    ``config.guidance``), built by the run's own path (``RunSpec.guided``)."""
+    c = spec.config.copy_and_resolve_references()
+    c.guidance = section
+    run_spec = dataclasses.replace(spec, config=c)
+    return timed_class_balanced_samples(run_spec, run_spec.guided(params), samples, batch)
+
+
 def timed_class_balanced_samples(spec, den, samples: int, batch: int = 250) -> dict:
     """Draws ``samples`` class-balanced samples from ``den`` with the run's sampler
     (``spec.config.sample``: sampler, steps, grid, seed), ``batch`` at a time, and scores them

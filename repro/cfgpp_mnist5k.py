@@ -14,11 +14,10 @@ CFG++'s lambda are both the weight of the conditional prediction in the guided x
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               timed_class_balanced_samples)
+from jaxdiff.reproduce import (REPRODUCTIONS, Paper, Reproduction, check_trained_workdir,
+                               guided_scores, trained_model)
 
 PAPER = Paper("CFG++: Manifold-constrained Classifier Free Guidance for Diffusion Models",
               "Chung et al.", "arXiv 2406.08070 (2024)")
@@ -53,31 +52,20 @@ def stages(args) -> list[str]:
 
 
 def check(args) -> None:
-    if not os.path.isdir(os.path.join(args.workdir, "checkpoints")):
-        raise MissingPrerequisite(
-            f"no trained model in {args.workdir}; train it first:\n  python3 -m jaxdiff.main "
-            f"--config={args.config} --workdir={args.workdir} --mode=train")
+    check_trained_workdir(args.workdir, args.config)
 
 
 def run(args, progress) -> dict:
     check(args)
-    from jaxdiff.config import load_config_file
     from jaxdiff.guidance import guidance_config
-    from jaxdiff.jobs.spec import restore_model, spec_for_data
 
-    config = load_config_file(args.config)
-    config.sample.sampler, config.sample.steps, config.sample.grid = "ddim", STEPS, "uniform_t"
-    spec, _ = spec_for_data(config)
-    params, step = restore_model(spec, args.workdir)
+    _, spec, params, step = trained_model(args.workdir, args.config, "ddim", STEPS, "uniform_t")
     plan, samples = _plan(args)
     rows = []
     for name, scale in plan:
         with progress.stage(f"{name} {scale:g}"):
-            c = config.copy_and_resolve_references()
-            c.guidance = guidance_config(name, scale=scale)
-            run_spec = dataclasses.replace(spec, config=c)
-            scores = timed_class_balanced_samples(run_spec, run_spec.guided(params), samples,
-                                                  BATCH)
+            scores = guided_scores(spec, params, guidance_config(name, scale=scale), samples,
+                                   BATCH)
             rows.append(dict(method=name, scale=scale, **scores))
     return dict(config=args.config, train_steps=step, steps=STEPS, rows=rows)
 

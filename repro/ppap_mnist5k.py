@@ -6,7 +6,12 @@ Protocol (one process):
 
 - The model: the README's trained workdir (``configs/mnist5k.py``, EMA parameters) at its null
   condition, i.e. the unconditional half of the CFG-trained U-Net (the same network, trained on
-  unconditional targets one step in ten).  DDIM (eta = 0), 15 steps on the uniform-t grid.
+  unconditional targets one step in ten).  DDIM (eta = 0), 15 steps on the uniform-logSNR grid:
+  on the README's uniform-t grid the first step goes from alpha = 5e-4 to alpha = 0.1, which
+  multiplies a score shift made at the first point by about 180 in the next state, and every
+  classifier tried (even label-trained experts) then ruined the samples at any scale that
+  changed the class (FD 50-140); the uniform-logSNR grid's first steps change alpha by about
+  2x each.
 - The off-the-shelf classifier: a clean CNN trained here on the training split with another
   seed and half the pinned network's widths (``GUIDE_ARCH``, ``GUIDE_STEPS`` steps).  The
   judge, the pinned feature network, guides nothing: accuracy and own-feature FD / precision /
@@ -24,16 +29,15 @@ Protocol (one process):
 - Every bank trains ``--bank-steps`` steps of ``--bank-batch`` examples per expert, from one
   pool of ``--pool`` samples of the model (DDIM 15).
 
-  jaxdiff reproduce ppap_mnist5k --workdir runs/mnist5k     # ~30 min on 2 cores
+  jaxdiff reproduce ppap_mnist5k --workdir runs/mnist5k     # ~25 min on 2 cores
   jaxdiff reproduce ppap_mnist5k --quick                    # one scale, 100-step banks
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from jaxdiff.reproduce import (REPRODUCTIONS, MissingPrerequisite, Paper, Reproduction,
-                               timed_class_balanced_samples)
+from jaxdiff.reproduce import (REPRODUCTIONS, Paper, Reproduction, check_trained_workdir,
+                               guided_scores, trained_model)
 
 PAPER = Paper("Towards Practical Plug-and-Play Diffusion Models", "Go et al.", "CVPR 2023")
 CLAIM = ("Guiding with a clean off-the-shelf classifier on noisy inputs fails; one classifier "
@@ -47,6 +51,7 @@ DEFAULT_CONFIG = os.path.join("configs", "mnist5k.py")
 DEFAULT_WORKDIR = os.path.join("runs", "mnist5k")
 BATCH = 250
 STEPS = 15
+GRID = "uniform_logsnr"
 GUIDE_STEPS = 600
 METHODS = ("naive", "elucd", "ppap_1", "ppap_5", "labels_5")
 LABELS = {"unguided": "unconditional model, unguided", "cfg": "CFG of the conditional model",
@@ -70,15 +75,15 @@ def add_args(p) -> None:
     p.add_argument("--workdir", default=DEFAULT_WORKDIR,
                    help="the trained mnist5k workdir (default: %(default)s)")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="default: %(default)s")
-    p.add_argument("--scales", default="1,3,10", help="classifier-guidance scales s")
+    p.add_argument("--scales", default="3,10,30", help="classifier-guidance scales s")
     p.add_argument("--samples", type=int, default=250, help="samples per setting")
-    p.add_argument("--bank-steps", type=int, default=300)
+    p.add_argument("--bank-steps", type=int, default=1000)
     p.add_argument("--bank-batch", type=int, default=32, help="examples per expert per step")
     p.add_argument("--pool", type=int, default=1000, help="model samples the banks learn from")
 
 
 def _plan(args):
-    scales = [3.0] if args.quick else [float(s) for s in args.scales.split(",")]
+    scales = [10.0] if args.quick else [float(s) for s in args.scales.split(",")]
     return scales, (250 if args.quick else args.samples), (100 if args.quick else args.bank_steps)
 
 
@@ -89,10 +94,7 @@ def stages(args) -> list[str]:
 
 
 def check(args) -> None:
-    if not os.path.isdir(os.path.join(args.workdir, "checkpoints")):
-        raise MissingPrerequisite(
-            f"no trained model in {args.workdir}; train it first:\n  python3 -m jaxdiff.main "
-            f"--config={args.config} --workdir={args.workdir} --mode=train")
+    check_trained_workdir(args.workdir, args.config)
 
 
 def _banks(config, workdir: str, out: str, guide_dir: str, steps: int, batch: int, pool: int):
@@ -116,14 +118,9 @@ def _banks(config, workdir: str, out: str, guide_dir: str, steps: int, batch: in
 def run(args, progress) -> dict:
     check(args)
     from jaxdiff.classifier_train import read_manifest, train_classifier
-    from jaxdiff.config import load_config_file
     from jaxdiff.guidance import guidance_config
-    from jaxdiff.jobs.spec import restore_model, spec_for_data
 
-    config = load_config_file(args.config)
-    config.sample.sampler, config.sample.steps, config.sample.grid = "ddim", STEPS, "uniform_t"
-    spec, _ = spec_for_data(config)
-    params, step = restore_model(spec, args.workdir)
+    config, spec, params, step = trained_model(args.workdir, args.config, "ddim", STEPS, GRID)
     scales, samples, bank_steps = _plan(args)
     out = os.path.join(args.workdir, "ppap_mnist5k" + ("_quick" if args.quick else ""))
     guide_dir = os.path.join(out, "guide_classifier")
@@ -137,10 +134,7 @@ def run(args, progress) -> dict:
                        250 if args.quick else args.pool)
 
     def score(section):
-        c = config.copy_and_resolve_references()
-        c.guidance = section
-        run_spec = dataclasses.replace(spec, config=c)
-        return timed_class_balanced_samples(run_spec, run_spec.guided(params), samples, BATCH)
+        return guided_scores(spec, params, section, samples, BATCH)
 
     rows = []
     with progress.stage("unguided"):
@@ -161,7 +155,7 @@ def run(args, progress) -> dict:
                                               experts_dir=banks[method][0]
                                               if method in banks else "")
                 rows.append(dict(method=method, scale=s, **score(section)))
-    return dict(config=args.config, train_steps=step, steps=STEPS, samples=samples,
+    return dict(config=args.config, train_steps=step, steps=STEPS, grid=GRID, samples=samples,
                 guide=dict(heldout_accuracy=guide["heldout_accuracy"], steps=GUIDE_STEPS,
                            channels=list(_guide_arch().channels), sha256=guide["sha256"]),
                 banks={m: dict(target=man["target"], num_experts=man["num_experts"],
@@ -205,8 +199,8 @@ def markdown(result: dict) -> str:
              "`tests/test_ppap.py`; `docs/guidance.md`, sections PPAP and EluCD.", "",
              f"- Model: `{result['config']}` trained for {result['train_steps']} steps, EMA "
              f"parameters, at its null condition (the unconditional half); DDIM (eta = 0) "
-             f"{result['steps']} steps on the uniform-t grid; {result['samples']} class-balanced "
-             "samples per setting.",
+             f"{result['steps']} steps on the {result['grid']} grid (the module docstring says "
+             f"why not uniform-t); {result['samples']} class-balanced samples per setting.",
              f"- Guiding classifier (off-the-shelf, clean): channels {g['channels']}, "
              f"{g['steps']} steps, seed 1, held-out accuracy {g['heldout_accuracy']:.3f}.  The "
              "judge is the pinned feature network, which guides nothing.",
