@@ -20,7 +20,7 @@ from jaxdiff.jobs.classify import heldout_subset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 TIMEOUT_S = 600
-NUM_IMAGES = 100
+NUM_IMAGES = 60
 TRAIN_STEPS = 300
 CNN_STEPS = 150
 # Measured on the 150-image subset (2-core x86 CPU, jax 0.10.2): 0.94 after 600 training steps

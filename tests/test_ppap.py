@@ -4,6 +4,7 @@ mixture oracle's exact classifier guidance, bad input, and bit-exact resume of t
 import dataclasses
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -114,18 +115,21 @@ def test_experts_exact_on_their_ranges_are_exact_classifier_guidance():
     exact = ClassifierGuidance(UNCOND, G.OracleClassifier(SCHED), MIX, scale=2.5,
                                num_classes=K)
     guided = ppap(UNCOND, bank, params, num_classes=K, scale=2.5)
+    call = jax.jit(lambda d, *a: d(*a))
     x = 2.0 * jax.random.normal(jax.random.key(0), (8, 2))
     y = jnp.arange(8, dtype=jnp.int32) % K
     # a batch spread over the four ranges (each example through its own expert) ...
     t = jnp.asarray(MIDS * 2, jnp.float32)
     np.testing.assert_array_equal(expert_index(t, BOUNDS), [0, 1, 2, 3] * 2)
-    call = jax.jit(lambda d, *a: d(*a))
-    np.testing.assert_allclose(call(guided, x, t, y), exact(x, t, y), rtol=1e-4, atol=1e-4)
-    # ... and a batch at one time (the shared expert once)
+    np.testing.assert_allclose(call(guided, x, t, y), call(exact, x, t, y), rtol=1e-4,
+                               atol=1e-4)
+    # ... and batches at one time (the shared expert once)
     for mid in MIDS:
-        np.testing.assert_allclose(guided(x, mid, y), exact(x, mid, y), rtol=1e-4, atol=1e-4)
+        tm = jnp.full((8,), mid, jnp.float32)
+        np.testing.assert_allclose(call(guided, x, tm, y), call(exact, x, tm, y), rtol=1e-4,
+                                   atol=1e-4)
     # the guidance is not zero, so the comparison compares something
-    assert not np.allclose(exact(x, t, y), UNCOND(x, t, y), atol=1e-3)
+    assert not np.allclose(call(exact, x, t, y), UNCOND(x, t, y), atol=1e-3)
 
 
 def test_one_expert_is_a_single_student_and_scale_zero_is_the_model():
@@ -209,7 +213,7 @@ def digits_setup(tmp_path_factory):
     arch = default_classifier_config()
     arch.channels, arch.feature_dim, arch.num_groups = (8, 16), 16, 4
     clf = str(root / "clf")
-    train_classifier(cfg.data, clf, steps=60, batch_size=64, arch=arch, lr=5e-3)
+    train_classifier(cfg.data, clf, steps=10, batch_size=64, arch=arch, lr=5e-3)
     return cfg, wd, clf
 
 
@@ -220,23 +224,6 @@ def _job_config(cfg, clf, out, **fields):
                                    pool_batch=12, pool_steps=2, classifier_dir=clf,
                                    out_dir=out), **fields)
     return cfg
-
-
-def test_train_guidance_resumes_to_the_same_experts(digits_setup, tmp_path):
-    from jaxdiff.guidance.ppap import load_experts, read_experts_manifest
-    from jaxdiff.jobs.train_guidance import train_guidance
-
-    cfg, wd, clf = digits_setup
-    straight = str(tmp_path / "straight")
-    m = train_guidance(_job_config(cfg, clf, straight, target="labels"), wd)
-    assert m["num_experts"] == 2 and len(m["noisy_heldout_accuracy"]["experts"]) == 2
-    resumed = str(tmp_path / "resumed")
-    train_guidance(_job_config(cfg, clf, resumed, target="labels", steps=2), wd)
-    train_guidance(_job_config(cfg, clf, resumed, target="labels"), wd)  # as after a kill
-    template = _template(straight)
-    chex.assert_trees_all_equal(load_experts(resumed, template), load_experts(straight, template))
-    manifest = read_experts_manifest(resumed)
-    assert manifest["target"] == "labels" and manifest["training"]["steps"] == 4
 
 
 def _template(directory):
@@ -253,22 +240,37 @@ def _template(directory):
                         one)
 
 
-def test_data_free_experts_guide_the_model_from_the_command_line_config(digits_setup, tmp_path):
-    """The distill target samples a pool from the model in the workdir, trains on it without
-    labels, and the registered ppap transform loads the result and guides the model."""
-    from jaxdiff.jobs.spec import spec_for_data, restore_model
+def test_data_free_experts_resume_and_guide_the_model_through_the_config(digits_setup,
+                                                                         tmp_path, capsys):
+    """The distill target samples a pool from the model in the workdir and trains on it without
+    labels; a run killed after its step-2 checkpoint and started again ends with the same
+    experts, bit for bit; the registered ppap transform loads them and guides the model."""
+    from jaxdiff.guidance.ppap import load_experts
+    from jaxdiff.jobs.spec import restore_model, spec_for_data
     from jaxdiff.jobs.train_guidance import train_guidance
 
     cfg, wd, clf = digits_setup
-    out = str(tmp_path / "experts")
-    m = train_guidance(_job_config(cfg, clf, out, target="distill"), wd)
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    m = train_guidance(_job_config(cfg, clf, straight), wd)
     assert m["target"] == "distill" and m["diffusion_checkpoint_step"] == 0
-    assert len(os.listdir(os.path.join(out, "pool"))) == 2
-    assert all(np.isfinite(m["final_losses"]))
-    with open(os.path.join(out, "experts.json")) as f:
+    assert len(m["noisy_heldout_accuracy"]["experts"]) == 2 and all(
+        np.isfinite(m["final_losses"]))
+    assert len(os.listdir(os.path.join(straight, "pool"))) == 2
+    with open(os.path.join(straight, "experts.json")) as f:
         assert json.load(f)["classifier_sha256"] == m["classifier_sha256"]
+    # a run killed after its step-2 checkpoint: the copy without checkpoint 4 and results
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+    for name in ("experts.npz", "experts.json"):
+        os.remove(os.path.join(resumed, name))
+    capsys.readouterr()
+    train_guidance(_job_config(cfg, clf, resumed), wd)
+    assert "at step 2" in capsys.readouterr().out
+    template = _template(straight)
+    chex.assert_trees_all_equal(load_experts(resumed, template), load_experts(straight, template))
+
     run = cfg.copy_and_resolve_references()
-    run.guidance = guidance_config("ppap", experts_dir=out, scale=3.0, unconditional=True)
+    run.guidance = guidance_config("ppap", experts_dir=straight, scale=3.0, unconditional=True)
     spec, _ = spec_for_data(run)
     params, _ = restore_model(spec, wd)
     den = spec.guided(params)
@@ -278,3 +280,32 @@ def test_data_free_experts_guide_the_model_from_the_command_line_config(digits_s
     guided = den(x, 0.5, y)
     assert np.all(np.isfinite(guided)) and not np.allclose(guided, plain)
     chex.assert_trees_all_equal(dataclasses.replace(den, scale=0.0)(x, 0.5, y), plain)
+
+
+def test_expert_losses_are_the_papers_kl_and_the_label_cross_entropy():
+    """Each expert's loss on its own examples: KL(softmax(f(x0) / tau) || softmax(f_k(x_t)))
+    (distill) and cross-entropy (labels), against a direct computation."""
+    from jaxdiff.jobs.train_guidance import expert_losses
+
+    base = _conv_params(jax.random.key(0))
+    lora = lora_for(base, rank=2, alpha=4.0, exclude=("head",))
+    experts = jax.vmap(lambda k: lora.init(base, k))(jax.random.split(jax.random.key(1), 2))
+    experts["b"] = [jax.random.normal(jax.random.key(2), b.shape) for b in experts["b"]]
+    bank = ExpertBank(_conv_net, lora, (0.0, 0.5, 1.0))
+    x0 = jax.random.normal(jax.random.key(3), (2, 3, 5, 5, 4))
+    eps = jax.random.normal(jax.random.key(4), x0.shape)
+    t = jnp.asarray([[0.1, 0.2, 0.3], [0.6, 0.7, 0.9]])
+    y = jnp.asarray([[0, 1, 1], [1, 0, 1]], jnp.int32)
+    kl = expert_losses(bank, base, experts, x0, t, eps, y, SCHED, distill=True,
+                       temperature=0.25)
+    ce = expert_losses(bank, base, experts, x0, t, eps, y, SCHED, distill=False,
+                       temperature=0.25)
+    for k in range(2):
+        a, s = SCHED.alpha_sigma(t[k])
+        x_t = a[:, None, None, None] * x0[k] + s[:, None, None, None] * eps[k]
+        student = jax.nn.log_softmax(_conv_net(lora.merge(base, jax.tree.map(
+            lambda v: v[k], experts)), x_t))
+        teacher = jax.nn.softmax(_conv_net(base, x0[k]) / 0.25)
+        np.testing.assert_allclose(kl[k], np.mean(np.sum(
+            teacher * (np.log(teacher) - student), -1)), rtol=1e-4)
+        np.testing.assert_allclose(ce[k], -np.mean(student[np.arange(3), y[k]]), rtol=1e-5)
