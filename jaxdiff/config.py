@@ -80,6 +80,18 @@ def number(value, field: str, *, low: float | None = None, high: float | None = 
         raise ConfigError(f"config.{field}: must be <= {high}, got {value!r}")
 
 
+def path_string(value, field: str) -> None:
+    """Raises ConfigError unless ``value`` is a path (a str; '' means none)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"config.{field}: must be a path, got {value!r}")
+
+
+def boolean(value, field: str) -> None:
+    """Raises ConfigError unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"config.{field}: must be True or False, got {value!r}")
+
+
 def choice(value, field: str, allowed) -> None:
     """Raises ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:

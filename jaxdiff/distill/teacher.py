@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdiff.config import number, register_section
+from jaxdiff.config import number, path_string, register_section
 from jaxdiff.errors import ConfigError, MissingInputError
 
 Array = jax.Array
@@ -34,9 +34,7 @@ def _defaults():
 
 def _check(section, config, **_):
     del config
-    if not isinstance(section.teacher_workdir, str):
-        raise ConfigError(f"config.distill.teacher_workdir: must be a path, "
-                          f"got {section.teacher_workdir!r}")
+    path_string(section.teacher_workdir, "distill.teacher_workdir")
     number(section.teacher_step, "distill.teacher_step", low=-1, integer=True)
 
 

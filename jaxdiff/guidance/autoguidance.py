@@ -88,12 +88,10 @@ def _defaults():
 
 
 def _check(section) -> None:
-    from jaxdiff.config import number
+    from jaxdiff.config import number, path_string
 
     check_scale_and_interval(section)
-    if not isinstance(section.get("bad_workdir"), str):
-        raise ConfigError(f"config.guidance.bad_workdir: must be a path, got "
-                          f"{section.get('bad_workdir')!r}")
+    path_string(section.get("bad_workdir"), "guidance.bad_workdir")
     number(section.get("bad_step"), "guidance.bad_step", low=-1, integer=True)
 
 

@@ -137,23 +137,14 @@ def _defaults():
 
 
 def _check(section) -> None:
-    from jaxdiff.config import number
+    from jaxdiff.config import boolean, number, path_string
 
     number(section.get("scale"), "guidance.scale")
     number(section.get("tau1"), "guidance.tau1", low=0.0)
     number(section.get("tau2"), "guidance.tau2", low=0.0)
     number(section.get("gamma"), "guidance.gamma")
-    if not isinstance(section.get("classifier_dir"), str):
-        raise ConfigError(f"config.guidance.classifier_dir: must be a path, got "
-                          f"{section.get('classifier_dir')!r}")
-    check_unconditional(section)
-
-
-def check_unconditional(section) -> None:
-    """The ``unconditional`` field of the classifier guidances: a bool."""
-    if not isinstance(section.get("unconditional"), bool):
-        raise ConfigError(f"config.guidance.unconditional: must be True or False, got "
-                          f"{section.get('unconditional')!r}")
+    path_string(section.get("classifier_dir"), "guidance.classifier_dir")
+    boolean(section.get("unconditional"), "guidance.unconditional")
 
 
 def load_classifier(section, spec):

@@ -38,7 +38,6 @@ from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.errors import ConfigError
 from jaxdiff.guidance.base import NullCondition, register_guidance
 from jaxdiff.guidance.classifier import ClassifierGuidance
-from jaxdiff.guidance.elucd import check_unconditional
 from jaxdiff.models.lora import LoRA
 
 Array = jax.Array
@@ -200,14 +199,12 @@ def _defaults():
 
 
 def _check(section) -> None:
-    from jaxdiff.config import number
+    from jaxdiff.config import boolean, number, path_string
 
     number(section.get("scale"), "guidance.scale")
     for field in ("experts_dir", "classifier_dir"):
-        if not isinstance(section.get(field), str):
-            raise ConfigError(f"config.guidance.{field}: must be a path, got "
-                              f"{section.get(field)!r}")
-    check_unconditional(section)
+        path_string(section.get(field), f"guidance.{field}")
+    boolean(section.get("unconditional"), "guidance.unconditional")
 
 
 def bank_from_directory(experts_dir: str, spec) -> tuple[ExpertBank, Any, int]:

@@ -173,7 +173,7 @@ def _defaults():
 
 
 def _check(section) -> None:
-    from jaxdiff.config import choice, number
+    from jaxdiff.config import boolean, choice, number, path_string
 
     number(section.get("scale"), "guidance.scale", low=0.0)
     choice(section.get("operator"), "guidance.operator", O.OPERATORS)
@@ -186,12 +186,8 @@ def _check(section) -> None:
         raise ConfigError(f"config.guidance.blur_size: must be odd, got {section.blur_size}")
     number(section.get("noise_std"), "guidance.noise_std", low=0.0)
     choice(section.get("loss"), "guidance.loss", LOSSES)
-    if not isinstance(section.get("through_denoiser"), bool):
-        raise ConfigError(f"config.guidance.through_denoiser: must be True or False, got "
-                          f"{section.get('through_denoiser')!r}")
-    if not isinstance(section.get("images"), str):
-        raise ConfigError(f"config.guidance.images: must be a path, got "
-                          f"{section.get('images')!r}")
+    boolean(section.get("through_denoiser"), "guidance.through_denoiser")
+    path_string(section.get("images"), "guidance.images")
     number(section.get("image_index"), "guidance.image_index", low=0, integer=True)
 
 

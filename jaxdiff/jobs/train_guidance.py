@@ -84,8 +84,7 @@ def _check(g, config, **_) -> None:
                           f"{g.num_experts} experts; give num_experts + 1, or () for equal "
                           f"ranges")
     for field in ("classifier_dir", "out_dir", "pool_dir"):
-        if not isinstance(g[field], str):
-            raise ConfigError(f"config.guidance_train.{field}: must be a path, got {g[field]!r}")
+        C.path_string(g[field], f"guidance_train.{field}")
 
 
 C.register_section("guidance_train", defaults=default_guidance_train_config, check=_check)
