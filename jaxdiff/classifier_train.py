@@ -370,6 +370,13 @@ def train_feature_network(config) -> dict:
     return manifest
 
 
+def classifier_directory(path: str, config) -> str:
+    """The directory of a classifier named by a config field: ``path``, or with '' the
+    dataset's own feature network (``own_feature_space``: the pinned one, or one trained
+    here)."""
+    return path or own_feature_space(config).directory
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureSpace:
     """The feature network an evaluation uses.

@@ -86,14 +86,14 @@ def run(args, progress) -> dict:
     import numpy as np
 
     from jaxdiff import samplers
+    from jaxdiff.data import get_source
     from jaxdiff.guidance import NullCondition, Steered
     from jaxdiff.images import to_uint8
     from jaxdiff.jobs.classify import heldout_subset
     from jaxdiff.jobs.evaluate import own_feature_metrics
-    from jaxdiff.jobs.spec import spec_for_data
 
     config, spec, params, step = trained_model(args.workdir, args.config, "ddim", STEPS, GRID)
-    _, source = spec_for_data(config)
+    source = get_source(config.data, "heldout")
     plan, n = _plan(args)
     idx = heldout_subset(n, len(source))
     images, labels = source.get(idx)

@@ -229,15 +229,11 @@ def _job_config(cfg, clf, out, **fields):
 def _template(directory):
     """The stacked experts' layout, rebuilt from the manifest as the guidance builder does."""
     from jaxdiff.classifier_train import load_classifier_weights
-    from jaxdiff.guidance.ppap import read_experts_manifest
-    from jaxdiff.jobs.train_guidance import bank_lora
+    from jaxdiff.guidance.ppap import bank_lora, experts_template, read_experts_manifest
 
     m = read_experts_manifest(directory)
     base = load_classifier_weights(m["classifier_dir"])
-    lora = bank_lora(base.params, m["lora"])
-    one = jax.eval_shape(lambda: lora.init(base.params, jax.random.key(0)))
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((m["num_experts"],) + a.shape, a.dtype),
-                        one)
+    return experts_template(base.params, bank_lora(base.params, m["lora"]), m["num_experts"])
 
 
 def test_data_free_experts_resume_and_guide_the_model_through_the_config(digits_setup,

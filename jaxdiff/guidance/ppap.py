@@ -38,7 +38,7 @@ from jaxdiff.denoiser import DenoiserBase
 from jaxdiff.errors import ConfigError
 from jaxdiff.guidance.base import NullCondition, register_guidance
 from jaxdiff.guidance.classifier import ClassifierGuidance
-from jaxdiff.models.lora import LoRA
+from jaxdiff.models.lora import LoRA, lora_for
 
 Array = jax.Array
 
@@ -91,26 +91,26 @@ class ExpertBank:
     def num_experts(self) -> int:
         return len(self.boundaries) - 1
 
-    def expert_params(self, params, expert):
-        """The classifier parameters of one expert (``expert``: unstacked adapter or tree)."""
-        return expert if self.lora is None else self.lora.merge(params["base"], expert)
+    def expert_logits(self, params, k, x: Array) -> Array:
+        """(B, K) logits of expert ``k`` (an int or a traced index) for the whole batch x: the
+        base classifier with the expert's adapter merged in (or the expert's own tree)."""
+        expert = jax.tree.map(lambda a: a[k], params["experts"])
+        merged = expert if self.lora is None else self.lora.merge(params["base"], expert)
+        return self.logits_fn(merged, x)
 
     def logits(self, params, x: Array, t: Array) -> Array:
         """(B, K) logits of each example under the expert of its time; t (B,)."""
         k = expert_index(t, self.boundaries)
-        experts = params["experts"]
 
         def shared(_):
-            expert = jax.tree.map(lambda a: a[k[0]], experts)
-            return self.logits_fn(self.expert_params(params, expert), x)
+            return self.expert_logits(params, k[0], x)
 
         def per_example(_):  # every expert on the whole batch, each example's own kept
             # (a convolution vmapped over per-example kernels becomes a grouped convolution,
             # many times slower on CPU than N plain ones)
             out = None
             for e in range(self.num_experts):
-                expert = jax.tree.map(lambda a: a[e], experts)
-                logits = self.logits_fn(self.expert_params(params, expert), x)
+                logits = self.expert_logits(params, e, x)
                 mine = (k == e).reshape((-1,) + (1,) * (logits.ndim - 1))
                 out = logits if out is None else jnp.where(mine, logits, out)
             return out
@@ -123,6 +123,24 @@ class ExpertBank:
         logits = self.logits(params, x, t).astype(jnp.float32)
         log_p = jax.nn.log_softmax(logits, axis=-1)
         return jnp.take_along_axis(log_p, jnp.asarray(y, jnp.int32)[:, None], axis=1)[:, 0]
+
+
+def bank_lora(base_params, lora_cfg: dict) -> LoRA | None:
+    """The experts' LoRA from its manifest entry dict(rank, alpha, exclude); None for rank 0
+    (every expert a whole copy of the classifier)."""
+    if int(lora_cfg["rank"]) == 0:
+        return None
+    return lora_for(base_params, int(lora_cfg["rank"]), float(lora_cfg["alpha"]),
+                    exclude=tuple(lora_cfg["exclude"]))
+
+
+def experts_template(base_params, lora: LoRA | None, num_experts: int):
+    """The layout (shape structs, float32) of ``num_experts`` stacked experts of ``lora`` over
+    the base parameters (of whole classifier copies when ``lora`` is None)."""
+    one = base_params if lora is None else jax.eval_shape(
+        lambda: lora.init(base_params, jax.random.key(0)))
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((int(num_experts),) + tuple(a.shape), jnp.float32), one)
 
 
 def single_expert(params):
@@ -142,7 +160,7 @@ def ppap(inner: DenoiserBase, bank: ExpertBank, params, *, num_classes: int, sca
 
 def save_experts(directory: str, experts, manifest: dict) -> str:
     """Writes the stacked ``experts`` (a pytree of (N, ...) arrays) and ``manifest`` (which must
-    hold what ``load_bank`` reads: boundaries, lora, base classifier) into ``directory``;
+    hold what ``bank_from_directory`` reads: boundaries, lora, base classifier) into ``directory``;
     returns the manifest path.  The arrays' file gets a SHA-256 in the manifest."""
     from jaxdiff.jsonio import write_json
     from jaxdiff.metrics.features import sha256_file
@@ -210,11 +228,10 @@ def _check(section) -> None:
 def bank_from_directory(experts_dir: str, spec) -> tuple[ExpertBank, Any, int]:
     """(bank, params, num_classes) of the experts trained into ``experts_dir``: their base
     classifier is loaded (checksum checked against the one they were trained on)."""
-    from jaxdiff.classifier_train import load_classifier_weights
-    from jaxdiff.jobs.train_guidance import base_classifier_dir, bank_lora
+    from jaxdiff.classifier_train import classifier_directory, load_classifier_weights
 
     manifest = read_experts_manifest(experts_dir)
-    base = load_classifier_weights(base_classifier_dir(manifest["classifier_dir"], spec.config))
+    base = load_classifier_weights(classifier_directory(manifest["classifier_dir"], spec.config))
     if base.checksum != manifest["classifier_sha256"]:
         raise ConfigError(f"config.guidance.experts_dir: the experts in {experts_dir} were "
                           f"trained on the classifier with SHA-256 "
@@ -222,12 +239,8 @@ def bank_from_directory(experts_dir: str, spec) -> tuple[ExpertBank, Any, int]:
                           f"{base.checksum[:12]}...")
     lora = bank_lora(base.params, manifest["lora"])
     boundaries = tuple(manifest["boundaries"])
-    n = len(boundaries) - 1
-    one = base.params if lora is None else jax.eval_shape(
-        lambda: lora.init(base.params, jax.random.key(0)))
-    template = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n,) + tuple(a.shape), jnp.float32),
-                            one)
-    experts = load_experts(experts_dir, template)
+    experts = load_experts(experts_dir,
+                           experts_template(base.params, lora, len(boundaries) - 1))
     bank = ExpertBank(base.logits_fn, lora, boundaries)
     return bank, dict(base=base.params, experts=experts), base.num_classes
 

@@ -40,7 +40,8 @@ from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.data import BatchSampler, dataset_name, get_source
 from jaxdiff.errors import ConfigError
 from jaxdiff.jobs.spec import needs_checkpoint, register_job, restore_model, spec_for_data
-from jaxdiff.models.lora import LoRA, lora_for, num_params
+from jaxdiff.models.lora import num_params
+from jaxdiff.schedules import diffuse
 
 TARGETS = ("distill", "labels")
 
@@ -88,24 +89,6 @@ def _check(g, config, **_) -> None:
 
 
 C.register_section("guidance_train", defaults=default_guidance_train_config, check=_check)
-
-
-def base_classifier_dir(classifier_dir: str, config) -> str:
-    """The directory of the base classifier: ``classifier_dir``, or the dataset's own feature
-    network (the pinned one shipped in the package, or the one trained on this machine)."""
-    if classifier_dir:
-        return classifier_dir
-    from jaxdiff.classifier_train import own_feature_space
-
-    return own_feature_space(config).directory
-
-
-def bank_lora(base_params, lora_cfg: dict) -> LoRA | None:
-    """The experts' LoRA from its manifest entry dict(rank, alpha, exclude); None for rank 0."""
-    if int(lora_cfg["rank"]) == 0:
-        return None
-    return lora_for(base_params, int(lora_cfg["rank"]), float(lora_cfg["alpha"]),
-                    exclude=tuple(lora_cfg["exclude"]))
 
 
 def boundaries_of(g, schedule) -> tuple[float, ...]:
@@ -171,12 +154,11 @@ def expert_losses(bank, base, experts, x0, t, eps, target, schedule, *, distill:
     another in the program (not vmapped: a convolution vmapped over its kernel becomes a grouped
     convolution, many times slower on CPU).
     """
-    def one(expert, x0_k, t_k, eps_k, y_k):
-        alpha, sigma = schedule.alpha_sigma(t_k)
-        shape = (-1,) + (1,) * (x0_k.ndim - 1)
-        x_t = alpha.reshape(shape) * x0_k + sigma.reshape(shape) * eps_k
-        logp = jax.nn.log_softmax(bank.logits_fn(bank.expert_params(dict(base=base), expert),
-                                                 x_t).astype(jnp.float32))
+    params = dict(base=base, experts=experts)
+
+    def one(k, x0_k, t_k, eps_k, y_k):
+        x_t = diffuse(schedule, x0_k, t_k, eps_k)
+        logp = jax.nn.log_softmax(bank.expert_logits(params, k, x_t).astype(jnp.float32))
         if distill:
             teacher = jax.lax.stop_gradient(
                 bank.logits_fn(base, x0_k).astype(jnp.float32) / temperature)
@@ -185,8 +167,7 @@ def expert_losses(bank, base, experts, x0, t, eps, target, schedule, *, distill:
             return kl.mean()
         return -jnp.take_along_axis(logp, y_k[:, None], axis=1).mean()
 
-    return jnp.stack([one(jax.tree.map(lambda a: a[k], experts), x0[k], t[k], eps[k], target[k])
-                      for k in range(x0.shape[0])])
+    return jnp.stack([one(k, x0[k], t[k], eps[k], target[k]) for k in range(x0.shape[0])])
 
 
 def sample_times(key, boundaries, t_min: float, t_max: float, per_expert: int):
@@ -206,8 +187,8 @@ def _preflight(config, workdir: str, earlier) -> None:
 @register_job("train_guidance", preflight=_preflight)
 def train_guidance(config, workdir: str) -> dict:
     """Trains (or resumes) the expert bank; returns the manifest (``out_dir/experts.json``)."""
-    from jaxdiff.classifier_train import load_classifier_weights
-    from jaxdiff.guidance.ppap import ExpertBank, save_experts
+    from jaxdiff.classifier_train import classifier_directory, load_classifier_weights
+    from jaxdiff.guidance.ppap import ExpertBank, bank_lora, save_experts
 
     C.validate(config)
     g = config.guidance_train
@@ -217,8 +198,7 @@ def train_guidance(config, workdir: str) -> dict:
     boundaries = boundaries_of(g, schedule)
     n_exp = len(boundaries) - 1
     out = _out_dir(config, workdir)
-    base_dir = base_classifier_dir(g.classifier_dir, config)
-    base = load_classifier_weights(base_dir)
+    base = load_classifier_weights(classifier_directory(g.classifier_dir, config))
     if base.num_classes != heldout.num_classes:
         raise ConfigError(f"config.guidance_train.classifier_dir: the classifier has "
                           f"{base.num_classes} classes, {dataset_name(config.data)} has "
@@ -316,7 +296,7 @@ def train_guidance(config, workdir: str) -> dict:
                       pool_size=int(g.pool_size) if distill else None,
                       pool_sampler=g.pool_sampler if distill else None,
                       pool_steps=int(g.pool_steps) if distill else None),
-        trainable_params_per_expert=num_params(jax.tree.map(lambda a: a[0], state["experts"])),
+        trainable_params_per_expert=num_params(state["experts"]) // n_exp,
         classifier_params=num_params(base.params),
         final_losses=None if losses is None else [float(v) for v in np.asarray(losses)],
         noisy_heldout_accuracy=accuracy,
@@ -340,23 +320,22 @@ def noisy_accuracy(bank, base, experts, heldout, boundaries, schedule, num_image
     images = jnp.asarray(images, jnp.float32)
     out = dict(t=[], experts=[], base=[])
 
+    params = dict(base=base, experts=experts)
+
     @jax.jit
-    def both(expert, x_t):
-        return (bank.logits_fn(bank.expert_params(dict(base=base), expert), x_t).argmax(-1),
+    def both(k, x_t):
+        return (bank.expert_logits(params, k, x_t).argmax(-1),
                 bank.logits_fn(base, x_t).argmax(-1))
 
     for k in range(len(boundaries) - 1):
         t = 0.5 * (max(boundaries[k], schedule.t_min) + min(boundaries[k + 1], schedule.t_max))
-        alpha, sigma = schedule.alpha_sigma(jnp.full((len(idx),), t, jnp.float32))
         eps = jax.random.normal(jax.random.fold_in(jax.random.key(seed + 2), k), images.shape)
-        shape = (-1,) + (1,) * (images.ndim - 1)
-        x_t = alpha.reshape(shape) * images + sigma.reshape(shape) * eps
-        e, bs = both(jax.tree.map(lambda a: a[k], experts), x_t)
+        e, bs = both(k, diffuse(schedule, images, t, eps))
         out["t"].append(round(float(t), 4))
         out["experts"].append(round(float(np.mean(np.asarray(e) == labels)), 4))
         out["base"].append(round(float(np.mean(np.asarray(bs) == labels)), 4))
     return out
 
 
-__all__ = ["TARGETS", "bank_lora", "base_classifier_dir", "default_guidance_train_config",
+__all__ = ["TARGETS", "default_guidance_train_config",
            "expert_losses", "model_pool", "noisy_accuracy", "sample_times", "train_guidance"]

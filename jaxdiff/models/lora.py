@@ -27,32 +27,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.optim import path_components
+
 Array = jax.Array
-Path = tuple[Any, ...]
-
-
-def _key(k) -> Any:
-    for attr in ("key", "idx", "name"):
-        if hasattr(k, attr):
-            return getattr(k, attr)
-    return str(k)
+Path = tuple[str, ...]
 
 
 def leaf_paths(params) -> list[tuple[Path, Any]]:
-    """[(path, leaf)] of a pytree in flattening order; a path is the tuple of its keys."""
+    """[(path, leaf)] of a pytree in flattening order; a path is the tuple of its key names."""
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    return [(tuple(_key(k) for k in path), leaf) for path, leaf in flat]
-
-
-def path_name(path: Path) -> str:
-    return "/".join(str(p) for p in path)
+    return [(path_components(path), leaf) for path, leaf in flat]
 
 
 @dataclasses.dataclass(frozen=True)
 class LoRA:
     """Which leaves of a base pytree an adapter changes, and how (static; hashable).
 
-    targets: paths of the kernels adapted by a rank-``rank`` product.
+    targets: paths (tuples of key names, ``jaxdiff.optim.path_components``) of the kernels
+      adapted by a rank-``rank`` product.
     free: paths of the leaves trained in full (a copy of the base's value).
     rank: r >= 1.  alpha: the scale numerator (the update is alpha / r times A @ B).
     """
@@ -88,7 +80,7 @@ class LoRA:
         where.update({p: ("free", i) for i, p in enumerate(self.free)})
 
         def one(path, w):
-            hit = where.get(tuple(_key(k) for k in path))
+            hit = where.get(path_components(path))
             if hit is None:
                 return w
             kind, i = hit
@@ -111,7 +103,7 @@ class LoRA:
                              f"{(len(self.targets), len(self.targets), len(self.free))}")
         for path, a, b in zip(self.targets, adapter["a"], adapter["b"]):
             if a.shape[-1] != self.rank or b.shape[-2] != self.rank:
-                raise ValueError(f"LoRA adapter of {path_name(path)}: rank "
+                raise ValueError(f"LoRA adapter of {'/'.join(path)}: rank "
                                  f"{a.shape[-1]} / {b.shape[-2]}, expected {self.rank}")
 
 
@@ -129,7 +121,7 @@ def lora_for(base, rank: int, alpha: float, *, exclude: tuple[str, ...] = (),
         raise ValueError(f"LoRA alpha: must be >= 0, got {alpha!r}")
     targets, frees = [], []
     for path, leaf in leaf_paths(base):
-        if any(str(p) in exclude for p in path):
+        if any(p in exclude for p in path):
             continue
         if path[-1] == "kernel" and len(leaf.shape) >= 2:
             targets.append(path)
