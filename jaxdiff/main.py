@@ -164,11 +164,19 @@ def _clear_progress_bars() -> None:
 
 class _QuietBackgroundErrors:
     """A logging filter for the console: drops the ERROR records (with their tracebacks) that
-    the checkpoint library's writer threads log when a write fails; the same failure reaches
-    the job as an exception and is reported as one line.  Not installed with --debug."""
+    the checkpoint library's writer threads log when a write fails, and asyncio's "Task
+    exception was never retrieved" records of its reader tasks when a damaged checkpoint fails
+    to restore (logged whenever the garbage collector meets the sibling tasks of the read that
+    failed); the same failure reaches the job as an exception and is reported as one line.  Not
+    installed with --debug."""
 
     def filter(self, record) -> bool:
-        return not (record.levelno >= 40 and "orbax" in (record.pathname or ""))
+        if record.levelno < 40:
+            return True
+        if "orbax" in (record.pathname or ""):
+            return False
+        return not (record.name == "asyncio"
+                    and str(record.msg).startswith("Task exception was never retrieved"))
 
 
 def _report(err: BaseException) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.jobs.classify import heldout_subset
+from tests.helpers.compile_speed import full_optimisation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
@@ -30,7 +31,7 @@ MIN_ACCURACY = 0.70
 
 
 def _env(tmp_path, **extra) -> dict:
-    env = dict(os.environ)
+    env = full_optimisation(os.environ)   # its run time (300 steps, 12,000 calls) dominates
     for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(var, None)
     env.update(JAX_PLATFORMS="cpu", JAXDIFF_CACHE=str(tmp_path / "cache"),

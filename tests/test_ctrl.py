@@ -5,6 +5,8 @@ is the derivative of the objective (finite differences on common noise); alpha =
 of the unconditional mixture with its clean classifier reaches the exact class-conditional
 mixture within the two-sample noise floor; a fine-tuned network starts as the pretrained one
 (KL exactly 0); bad input is one clear error."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ from jaxdiff.objectives import build_objective, objective_config
 from jaxdiff.objectives.ctrl import ctrl_loss, kl_rollout, transition_kl
 from jaxdiff.search.verifiers import gmm_class_log_prob
 from jaxdiff.toy import gmm as G
+from tests.helpers.compile_speed import FULL_OPTIMISATION
 
 K = 3
 SCHED = schedules.VPCosine()
@@ -96,7 +99,7 @@ def test_alpha_one_fine_tuning_reaches_the_exact_class_conditional_mixture():
     steps, lr = 300, 0.05
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps, 0.05))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FULL_OPTIMISATION)  # 300 steps: run time
     def update(logits, state, key):
         (_, metrics), g = jax.value_and_grad(_loss, has_aux=True)(logits, key)
         u, state = opt.update(g, state)

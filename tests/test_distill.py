@@ -31,6 +31,7 @@ from jaxdiff.distill.teacher import init_from_teacher
 from jaxdiff.errors import ConfigError, MissingInputError
 from jaxdiff.guidance.cfg import CFG
 from jaxdiff.toy.gmm import oracle_denoiser, toy_mixture_2d
+from tests.helpers.compile_speed import FULL_OPTIMISATION
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHED = schedules.get_schedule("vp_cosine")
@@ -324,7 +325,7 @@ def _fit_jit(student, loss_fn, steps, batch):
 
     opt = optax.adam(3e-3)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FULL_OPTIMISATION)  # training: run time
     def run(params, opt_state, key, aux):
         def step(carry, i):
             p, o = carry

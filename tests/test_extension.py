@@ -18,6 +18,7 @@ from jaxdiff.config import load_config_file
 from jaxdiff.data import get_source
 from jaxdiff.jobs.spec import open_checkpoints
 from jaxdiff.jobs.train import build_trainer
+from tests.helpers.compile_speed import cache_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "tests", "plugins", "toy_config.py")
@@ -25,14 +26,10 @@ TIMEOUT_S = 420
 
 
 def _env(tmp_path_factory) -> dict:
-    cache = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-    cache.mkdir(exist_ok=True)
     env = dict(os.environ)
     for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
         env.pop(var, None)
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    env.update(cache_env(tmp_path_factory), JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]))
     return env
 

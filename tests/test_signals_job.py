@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers.compile_speed import full_optimisation
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "signals1d.py")
 TIMEOUT_S = 600
@@ -21,7 +23,7 @@ MIN_ACCURACY = 0.5
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("signals") / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
+    env = dict(full_optimisation(os.environ), JAX_PLATFORMS="cpu",   # run time dominates
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(var, None)

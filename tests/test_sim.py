@@ -4,6 +4,7 @@ exact, it vanishes when generator and fake score are exact, the one-step generat
 one step, and a generator distilled from the exact mixture teacher with an online fake score
 covers every component."""
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -15,6 +16,7 @@ from jaxdiff import samplers, schedules
 from jaxdiff.distill.sim import OneStepGenerator, sim_generator_loss, times_and_noise
 from jaxdiff.schedules import diffuse
 from jaxdiff.toy.gmm import make_gmm, oracle_denoiser, toy_mixture_2d
+from tests.helpers.compile_speed import FULL_OPTIMISATION
 
 SCHED = schedules.EDM()
 GMM = toy_mixture_2d()
@@ -133,7 +135,7 @@ def _train_sim(steps=3000, batch=512, warm=300, fake_updates=2):
     def classes(key):
         return jax.random.randint(key, (batch,), 0, GMM.num_classes)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FULL_OPTIMISATION)  # 3,300 steps: run time
     def run(key):
         def warm_step(carry, i):
             k = jax.random.fold_in(key, steps + i)

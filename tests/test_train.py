@@ -22,6 +22,8 @@ import numpy as np
 import portpicker
 import pytest
 
+from tests.helpers import compile_speed
+
 # One worker runs the whole module: its module-scoped runs are built once.
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -48,18 +50,9 @@ TWO_NET = os.path.join(ROOT, "tests", "plugins", "toy_config.py")
 TWO_NET_STEPS = {"optim.warmup_steps": 0, "train.ema_warmup": False}
 
 
-def compile_cache_env(tmp_path_factory) -> dict:
-    """Env vars for a persistent compilation cache shared by this session's subprocesses."""
-    cache = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-    cache.mkdir(exist_ok=True)
-    return dict(JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
 @pytest.fixture(scope="module")
 def cache_env(tmp_path_factory):
-    return compile_cache_env(tmp_path_factory)
+    return compile_speed.cache_env(tmp_path_factory)
 
 
 def _env(cache_env, devices: int = 1, **extra) -> dict:

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+from tests.helpers.compile_speed import cache_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 TIMEOUT_S = 420
@@ -20,16 +22,12 @@ TINY_FLAGS = ["--config.model.base_channels=8", "--config.model.channel_mult=(1,
 def cli_env(tmp_path_factory, devices: int = 1, **extra) -> dict:
     """The environment of a CLI subprocess: CPU, ``devices`` simulated devices, the session's
     persistent compilation cache, the repository on PYTHONPATH, no distributed variables."""
-    cache = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-    cache.mkdir(exist_ok=True)
     env = dict(os.environ)
     for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
                 "JAXDIFF_DEBUG", "JAXDIFF_INCEPTION_WEIGHTS"):
         env.pop(var, None)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    env.update(cache_env(tmp_path_factory), JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
                PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]), **extra)
     return env
