@@ -3,7 +3,10 @@ time per exit threshold, on one model trained with the DeeDiff loss.
 
 Protocol: ``configs/digits_deediff.py`` (a DiT with 8 blocks and an exit after each of the first
 7, trained with ``objective.name='deediff'``) is trained by the command line's
-``--mode=train`` into the workdir (resumed if it is there).  Then, in this process, for every
+``--mode=train`` into the workdir (resumed if it is there), once per uncertainty space in
+``--spaces``: 'output' is the paper's uncertainty target (the exit's error on the network
+output, eps here), 'x0' the exit's error on the data prediction (into WORKDIR_x0; see
+``jaxdiff/objectives/deediff.py``).  Then, in this process, for every model and every
 threshold in ``--thresholds``: the run's own sampling path (``RunSpec.guided`` with
 ``sample.exit_threshold``: CFG 2 around the early-exit denoiser, DDIM 25 steps, the
 conditional and null branch in one batch) draws ``--samples`` class-balanced images, timed
@@ -13,8 +16,9 @@ the batch leaves the network: at each of the sampler's 25 times, the (conditiona
 of 2 x 250 held-out digits noised to that time goes through the exit rule, which reports the
 blocks the batch ran and each example's exit block.
 
-  jaxdiff reproduce deediff_digits            # ~6 min on 2 cores
+  jaxdiff reproduce deediff_digits            # ~25 min on 2 cores (two models)
   jaxdiff reproduce deediff_digits --quick    # 600 training steps, 2 thresholds, 200 samples
+  jaxdiff reproduce deediff_digits --spaces=output     # the paper's target alone
 """
 from __future__ import annotations
 
@@ -42,6 +46,23 @@ def add_args(p) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="default: %(default)s")
     p.add_argument("--thresholds", default="0,0.02,0.05,0.1,0.2,0.3")
     p.add_argument("--samples", type=int, default=1000, help="samples per threshold")
+    p.add_argument("--spaces", default="output,x0",
+                   help="uncertainty spaces to train and compare (default: %(default)s)")
+
+
+def _spaces(args) -> list[str]:
+    from jaxdiff.objectives.deediff import UNCERTAINTY_SPACES
+
+    spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
+    bad = [s for s in spaces if s not in UNCERTAINTY_SPACES]
+    if bad or not spaces:
+        raise ValueError(f"--spaces: each must be one of {UNCERTAINTY_SPACES}, got "
+                         f"{args.spaces!r}")
+    return spaces
+
+
+def _workdir(workdir: str, space: str) -> str:
+    return workdir if space == "output" else f"{workdir}_{space}"
 
 
 def _plan(args) -> tuple[list[float], int, str, list[str]]:
@@ -54,17 +75,23 @@ def _plan(args) -> tuple[list[float], int, str, list[str]]:
 
 def stages(args) -> list[str]:
     thresholds, *_ = _plan(args)
-    return ["train"] + [f"threshold {t:g}" for t in thresholds] + ["exit profile"]
+    out = []
+    for space in _spaces(args):
+        out += ([f"train ({space})"] + [f"threshold {t:g} ({space})" for t in thresholds]
+                + [f"exit profile ({space})"])
+    return out
 
 
 def check(args) -> None:
     if not os.path.exists(args.config):
         raise MissingPrerequisite(f"no config {args.config}: run from the repository root")
+    _spaces(args)
 
 
-def train(args, workdir: str, flags: list[str]) -> None:
+def train(args, workdir: str, space: str, flags: list[str]) -> None:
     run_command_line([f"--config={args.config}", f"--workdir={workdir}", "--mode=train",
-                      "--config.train.progress_bar=False", *flags])
+                      "--config.train.progress_bar=False",
+                      f"--config.objective.uncertainty_space={space}", *flags])
 
 
 def _with_threshold(spec, threshold: float):
@@ -123,24 +150,27 @@ def exit_profile(spec, params, thresholds: list[float]) -> dict:
     return dict(times=[float(t) for t in times], blocks=net.num_stages, rows=rows)
 
 
-def run(args, progress) -> dict:
-    check(args)
+def one_model(args, progress, space: str) -> dict:
+    """Trains (or resumes) the model of uncertainty space ``space`` and measures every
+    threshold on it."""
     thresholds, samples, workdir, flags = _plan(args)
-    with progress.stage("train"):
-        train(args, workdir, flags)
+    workdir = _workdir(workdir, space)
+    with progress.stage(f"train ({space})"):
+        train(args, workdir, space, flags)
     from jaxdiff.config import load_config_file
     from jaxdiff.jobs.spec import restore_model, spec_for_data
 
     config = load_config_file(args.config)
+    config.objective.uncertainty_space = space
     if args.quick:
         config.train.num_steps = QUICK_STEPS
     spec, _ = spec_for_data(config)
     params, step = restore_model(spec, workdir)
     rows = []
     for threshold in thresholds:
-        with progress.stage(f"threshold {threshold:g}"):
+        with progress.stage(f"threshold {threshold:g} ({space})"):
             rows.append(sample_and_score(spec, params, threshold, samples))
-    with progress.stage("exit profile"):
+    with progress.stage(f"exit profile ({space})"):
         profile = exit_profile(spec, params, thresholds)
     base = rows[0]["seconds_per_1000"]
     for r in rows:
@@ -148,29 +178,39 @@ def run(args, progress) -> dict:
         p = profile["rows"][f"{r['threshold']:g}"]
         r["blocks_run_mean"] = p["blocks_run_mean"]
         r["per_example_mean"] = p["per_example_mean"]
-    return dict(config=args.config, train_steps=step, blocks=profile["blocks"], rows=rows,
-                profile=profile)
+    return dict(space=space, workdir=workdir, train_steps=step, blocks=profile["blocks"],
+                rows=rows, profile=profile)
 
 
-def ours(result: dict) -> str:
+def run(args, progress) -> dict:
+    check(args)
+    return dict(config=args.config,
+                models=[one_model(args, progress, space) for space in _spaces(args)])
+
+
+def _say_model(model: dict) -> str:
     """The full network beside the largest threshold that keeps FD within 10% and the largest
     threshold measured: what exiting saved, and what it cost."""
-    rows = result["rows"]
+    rows = model["rows"]
     full = rows[0]
     kept = max((r for r in rows if r["fd"] <= 1.1 * full["fd"]), key=lambda r: r["threshold"])
     last = rows[-1]
 
     def say(r):
         return (f"threshold {r['threshold']:g}: FD {r['fd']:.1f}, accuracy {r['accuracy']:.2f}, "
-                f"{r['blocks_run_mean']:.1f} of {result['blocks']} blocks per call, "
+                f"{r['blocks_run_mean']:.1f} of {model['blocks']} blocks per call, "
                 f"{r['speedup']:.2f}x wall time")
 
     verdict = ("the exits save wall time at a kept FD" if kept["speedup"] > 1.05 else
-               "on this model the exits cost quality before they save time (not the paper's "
-               "result)")
+               "the exits cost quality before they save time")
     parts = [say(kept)] + ([say(last)] if last is not kept else [])
-    return (f"digits DiT ({result['train_steps']} steps), full network FD {full['fd']:.1f}, "
-            f"accuracy {full['accuracy']:.2f}; " + "; ".join(parts) + f": {verdict}")
+    return (f"uncertainty on the {model['space']} ({model['train_steps']} steps): full network "
+            f"FD {full['fd']:.1f}, accuracy {full['accuracy']:.2f}; " + "; ".join(parts)
+            + f": {verdict}")
+
+
+def ours(result: dict) -> str:
+    return "digits DiT; " + " | ".join(_say_model(m) for m in result["models"])
 
 
 def markdown(result: dict) -> str:
@@ -178,22 +218,28 @@ def markdown(result: dict) -> str:
              "batched exit rule), `jaxdiff/objectives/deediff.py` (the loss); identities: "
              "`tests/test_early_exit.py`; the mechanism's wall time on larger networks: "
              "`docs/performance.md`, section \"Early exit\".", "",
-             f"- Model: `{result['config']}` trained for {result['train_steps']} steps (a DiT "
-             f"with {result['blocks']} blocks), EMA parameters, DDIM 25 steps, CFG 2 (the "
+             f"- Models: `{result['config']}` (a DiT with {result['models'][0]['blocks']} "
+             "blocks) trained once per uncertainty space (" + ", ".join(
+                 f"{m['space']}: {m['train_steps']} steps in `{m['workdir']}`"
+                 for m in result["models"]) + "), EMA parameters, DDIM 25 steps, CFG 2 (the "
              "conditional and null branch in one batch of 500).",
+             "- Uncertainty space: 'output' is the paper's target (tanh of the exit's mean "
+             "absolute error on the network output, eps here); 'x0' the same on the data "
+             "prediction, (sigma/alpha) times larger for an eps network.",
              "- Scores: own-feature FD and class accuracy against the held-out split; wall "
              "time of the sampling calls after a warm-up call.",
              "- Blocks per call: what the batch ran, averaged over the sampler's 25 times (exit "
              "profile on noised held-out digits); per example: the mean exit block, what a "
              "batch-compacting implementation would pay.", "",
-             "| threshold | FD | accuracy | precision | recall | s / 1000 samples | speed-up | "
-             "blocks per call (batch) | per example |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['threshold']:g} | {r['fd']:.3f} | {r['accuracy']:.3f} | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds_per_1000']:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['blocks_run_mean']:.2f} | "
-                     f"{r['per_example_mean']:.2f} |")
+             "| space | threshold | FD | accuracy | precision | recall | s / 1000 samples | "
+             "speed-up | blocks per call (batch) | per example |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in result["models"]:
+        for r in m["rows"]:
+            lines.append(f"| {m['space']} | {r['threshold']:g} | {r['fd']:.3f} | "
+                         f"{r['accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                         f"{r['seconds_per_1000']:.1f} | {r['speedup']:.2f}x | "
+                         f"{r['blocks_run_mean']:.2f} | {r['per_example_mean']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -203,18 +249,23 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    prof = result["profile"]
-    for key, row in prof["rows"].items():
-        a.plot(prof["times"], row["blocks_run"], "o-", ms=3, label=f"threshold {key}")
-    a.set_xlabel("sampler time t (1 = noise)")
-    a.set_ylabel("blocks the batch runs")
-    a.set_title("Exit profile")
-    a.legend(fontsize=8)
-    rows = result["rows"]
-    b.plot([r["speedup"] for r in rows], [r["fd"] for r in rows], "o-")
-    for r in rows:
-        b.annotate(f"{r['threshold']:g}", (r["speedup"], r["fd"]), fontsize=8)
+    models = result["models"]
+    fig, axes = plt.subplots(1, len(models) + 1, figsize=(5 * (len(models) + 1), 3.8))
+    for a, m in zip(axes, models):
+        prof = m["profile"]
+        for key, row in prof["rows"].items():
+            a.plot(prof["times"], row["blocks_run"], "o-", ms=3, label=f"threshold {key}")
+        a.set_xlabel("sampler time t (1 = noise)")
+        a.set_ylabel("blocks the batch runs")
+        a.set_title(f"Exit profile, uncertainty on the {m['space']}")
+        a.legend(fontsize=8)
+    b = axes[-1]
+    for m in models:
+        rows = m["rows"]
+        b.plot([r["speedup"] for r in rows], [r["fd"] for r in rows], "o-", label=m["space"])
+        for r in rows:
+            b.annotate(f"{r['threshold']:g}", (r["speedup"], r["fd"]), fontsize=8)
+    b.legend(fontsize=8)
     b.set_xlabel("sampling speed-up (wall time)")
     b.set_ylabel("own-feature FD")
     b.set_title("Quality vs speed per threshold")
@@ -226,5 +277,6 @@ def plot(result: dict, path: str) -> None:
 REPRODUCTIONS.register("deediff_digits", Reproduction(
     paper=PAPER, claim=CLAIM, run=run, ours=ours, markdown=markdown, plot=plot,
     add_args=add_args, check=check, stages=stages,
-    summary="FD / accuracy / sampling wall time per exit threshold of a DiT trained with the "
-            "DeeDiff loss on digits"))
+    summary="FD / accuracy / sampling wall time per exit threshold of DiTs trained with the "
+            "DeeDiff loss on digits (uncertainty on the network output, as the paper, and on "
+            "x0)"))
