@@ -1,6 +1,8 @@
 """DeeDiff early exit (``jaxdiff.models.early_exit``, objective ``deediff``): the staged pass is
 the network, threshold 0 is the full model, every example exits at its own first confident
 stage, the batch skips what nobody needs, and the loss terms are the paper's Eq. 6-9."""
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -238,6 +240,8 @@ def test_early_exit_denoiser_samples_like_the_network_at_threshold_zero(objectiv
 
 # ---- training: the exits learn, the full network keeps its quality ------------------------
 
+DEEDIFF_DIGITS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "digits_deediff.py")
 TRAIN_STEPS = 100
 # DeeDiff's claim is that the layer-wise loss costs the full network nothing.  Measured on the
 # run below (2-core x86 CPU, jax 0.10.2): full network 0.272 with exit heads against 0.270
@@ -248,9 +252,8 @@ FULL_LOSS_MARGIN = 0.10
 
 def _digits_run(exit_heads: bool):
     """A small DiT (4 blocks, hidden 64) trained on the embedded digits for TRAIN_STEPS steps of
-    batch 32
-    (the training job's own compiled step and batches, without its checkpoints and preview),
-    with the DeeDiff loss (exit heads) or the plain denoising loss (none); returns
+    batch 32 (the training job's own compiled step and batches, without its checkpoints and
+    preview), with the DeeDiff loss (exit heads) or the plain denoising loss (none); returns
     (config, spec, trained parameters)."""
     from jaxdiff import parallel
     from jaxdiff.config import load_config_file
@@ -260,8 +263,7 @@ def _digits_run(exit_heads: bool):
     overrides = {"model.depth": 4, "model.hidden_size": 64, "model.exit_heads": exit_heads,
                  "train.num_steps": TRAIN_STEPS, "train.batch_size": 32,
                  "optim.warmup_steps": 20}
-    config = load_config_file(C.__file__.replace("jaxdiff/config.py", "configs/digits_deediff.py"),
-                              overrides)
+    config = load_config_file(DEEDIFF_DIGITS, overrides)
     if not exit_heads:
         config.objective = objective_config("denoising")
     source = get_source(config.data, "train")
@@ -293,16 +295,17 @@ def _full_loss(spec, params, x, labels, draws=4):
 
 
 def _exit_losses(spec, params, x, labels):
-    """(N - 1,) held-out mean squared error of each exit head's prediction to the target."""
+    """(N - 1,) held-out mean squared error of each exit head's prediction to the target (the
+    objective's own ``exit_mse`` term on one fixed noising of the held-out batch)."""
+    from jaxdiff.objectives.deediff import deediff_terms
     from jaxdiff.objectives.denoising import noised_batch
 
     @jax.jit
     def losses(params):
         den = spec.denoiser(params)
         nb = noised_batch(den, x, labels, jax.random.key(200))
-        net = nnx.merge(spec.graphdef, params)
-        preds, _ = E.all_exits(net, *den.network_inputs(nb["x_t"], nb["t"]), nb["cond"])
-        return jnp.mean((preds[:-1] - nb["target"]) ** 2, axis=(1, 2, 3, 4))
+        nb["x_in"], nb["c_noise"] = den.network_inputs(nb["x_t"], nb["t"])
+        return jnp.mean(deediff_terms(nnx.merge(spec.graphdef, params), nb)["exit_mse"], axis=1)
 
     return np.asarray(losses(params))
 
