@@ -13,6 +13,14 @@ never recompiles) while the network definition, the schedule and the parameteriz
 
 Samplers, guidance transforms, search, classifiers and distillation take a Denoiser, never a raw
 network.  Guidance methods are Denoiser -> Denoiser transforms (see ``jaxdiff.guidance``).
+
+Stateful evaluation.  A few guidance rules keep a running quantity from one evaluation to the
+next within a solve (APG's momentum).  Such a Denoiser says ``stateful`` and implements
+``init_state(shape)`` and ``x0_step(x, t, cond, state) -> (x0_hat, state)``; the samplers'
+driver carries the state through every evaluation of a solve (``samplers.base``), including
+across the segments of a split solve.  Called as a pure function it raises, so it is never
+silently run without its state.  Every other Denoiser is pure: ``stateful`` is False and
+``x0_step`` returns the state it was given.
 """
 from __future__ import annotations
 
@@ -50,6 +58,19 @@ class DenoiserBase:
 
     def __call__(self, x: Array, t: Array, cond: Any = None) -> Array:
         return self.x0(x, t, cond)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether evaluations read and advance a state carried through a solve."""
+        return False
+
+    def init_state(self, shape: tuple[int, ...]) -> Any:
+        """The state before a solve's first evaluation, for states x of ``shape`` (B, ...)."""
+        return ()
+
+    def x0_step(self, x: Array, t: Array, cond: Any, state: Any) -> tuple[Array, Any]:
+        """One evaluation that reads ``state`` and returns (x0_hat, the advanced state)."""
+        return self.x0(x, t, cond), state
 
     def eps(self, x: Array, t: Array, cond: Any = None) -> Array:
         """eps_hat = (x - alpha x0_hat) / sigma."""

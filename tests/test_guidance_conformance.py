@@ -5,7 +5,8 @@ same checks, so a newly registered transform gets them for free:
 * its own check accepts its defaults and rejects a non-number in each float field;
 * output shape and dtype equal the input's; jit and no-jit agree;
 * batch-size invariance: example 0 alone equals example 0 in a batch of 3;
-* changing a float field's value does not recompile a jitted function of the transform.
+* changing a float field's value does not recompile a jitted function of the transform (a
+  ``switches`` field, whose zero builds another program, among nonzero values).
 """
 import dataclasses
 
@@ -91,6 +92,13 @@ def _numeric_fields(section):
     return [k for k, v in section.items() if k != "name" and isinstance(v, float)]
 
 
+def _evaluate(d, x, t, y):
+    """One evaluation of ``d``; a stateful Denoiser from its initial state."""
+    if d.stateful:
+        return d.x0_step(x, t, y, d.init_state(x.shape))[0]
+    return d(x, t, y)
+
+
 def _inputs(b):
     x = jax.random.normal(jax.random.key(1), (b, 2)) * 3.0
     t = jnp.full((b,), 0.4)
@@ -135,12 +143,14 @@ def test_numeric_fields_are_traced(name):
     @jax.jit
     def call(d, x, t, y):
         traces.append(1)
-        return d(x, t, y)
+        return _evaluate(d, x, t, y)
 
     x, t, y = _inputs(3)
     outs = []
+    # a switch field (zero and nonzero build different programs) is bumped from a nonzero value
+    switches = GUIDANCE.entry(name).meta.get("switches", ())
     for bump in (0.0, 0.25):
-        s = guidance_config(name)
+        s = guidance_config(name, **{f: -0.5 for f in switches})
         for field in fields:
             s[field] = float(s[field]) + bump if field != "t_hi" else float(s[field])
         outs.append(call(build_guidance(_inner(name), s, _Spec()), x, t, y))

@@ -13,7 +13,7 @@ import pytest
 
 from jaxdiff import parameterization as P
 from jaxdiff import samplers, schedules
-from jaxdiff.denoiser import Denoiser
+from jaxdiff.denoiser import Denoiser, DenoiserBase
 from jaxdiff.metrics.two_sample import mmd2_noise_floor, mmd2_rbf
 from jaxdiff.samplers import ddim, heun
 from jaxdiff.samplers.base import SamplerContext
@@ -349,6 +349,64 @@ def test_split_solve_on_a_vp_schedule(name):
         alone = run(grid=first_grid)      # gamma = 2 / 3 on the first segment, not 2 / 8
         rest = run(grid=second_grid, x_start=alone.x, carry=alone.carry)
         assert not np.allclose(rest.x0, whole.x0, atol=1e-3)
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingDenoiser(DenoiserBase):
+    """The oracle, stateful: its state (B,) counts the evaluations made so far, and its
+    prediction is scaled by 1 + 1e-3 count, so a solve that lost or repeated the state would
+    also sample differently."""
+
+    inner: DenoiserBase
+
+    @property
+    def schedule(self):
+        return self.inner.schedule
+
+    @property
+    def stateful(self):
+        return True
+
+    def init_state(self, shape):
+        return jnp.zeros(shape[:1], jnp.float32)
+
+    def x0(self, x, t, cond=None):
+        raise ValueError("stateful: evaluate through the sampler")
+
+    def x0_step(self, x, t, cond, state):
+        scale = (1.0 + 1e-3 * state).reshape((-1,) + (1,) * (x.ndim - 1))
+        return scale * self.inner(x, t, cond), state + 1.0
+
+
+jax.tree_util.register_dataclass(CountingDenoiser, data_fields=["inner"], meta_fields=[])
+
+
+@pytest.mark.parametrize("name,options", [(n, {}) for n in sorted(samplers.SAMPLERS)
+                                          if n != "heun_sde"]
+                         + [("heun_sde", CHURN), ("ddim", dict(resample=3))])
+def test_stateful_denoiser_state_passes_through_every_evaluation(name, options):
+    """Every registered sampler threads a stateful Denoiser's state through each of its
+    evaluations (scans, Heun's churn branch, the resampling loop) and hands it across the
+    segments of a split solve: the carried count equals the NFE of the segments so far."""
+    den = CountingDenoiser(ORACLE)
+    grid = schedules.sampling_grid(EDM, 6, "karras")
+    first_grid, second_grid = grid.split(2)
+    _, third_grid = second_grid.split(2)
+    middle_grid = schedules.Grid(second_grid.t[:3], second_grid.alpha[:3],
+                                 second_grid.sigma_ve[:3], clean_end=False)
+    run = functools.partial(samplers.sample, den, KEY, (4, 2), sampler=name, **options)
+    first = run(grid=first_grid, total_steps=6)
+    middle = run(grid=middle_grid, x_start=first.x, carry=first.carry)
+    np.testing.assert_array_equal(first.carry.denoiser_state, first.nfe)
+    np.testing.assert_array_equal(middle.carry.denoiser_state, first.nfe + middle.nfe)
+    last = run(grid=third_grid, x_start=middle.x, carry=middle.carry)
+    assert np.all(np.isfinite(last.x0))
+    if options.get("resample", 1) == 1:   # resampling restarts the segments' noise: not equal
+        whole = run(grid=grid)
+        np.testing.assert_allclose(last.x0, whole.x0, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="another kind"):
+        samplers.sample(ORACLE, KEY, (4, 2), sampler=name, grid=middle_grid, x_start=first.x,
+                        carry=first.carry, **options)
 
 
 def test_named_grids_with_t_start_and_t_end_compose():

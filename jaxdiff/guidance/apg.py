@@ -16,11 +16,22 @@ rounding (orth + par = diff); eta = 0 (the default of public implementations of 
 drops the parallel part, which the paper identifies as what oversaturates at high s.  The
 paper works on the denoised (x0) prediction, as here.
 
-Momentum (the paper's running average of diff with a negative beta) needs state carried from
-one sampler step to the next, which a pure Denoiser has not: it is not supported (beta = 0).
+Momentum (the paper's Sec. 4.3, with beta < 0): before the norm threshold the update is
+replaced by a running sum that remembers the previous updates with a negative weight,
+
+    m     <- diff + beta m,     diff <- m                   (m = 0 before the first evaluation)
+
+which pushes against the direction guidance has already moved the sample in.  m is state
+carried from one evaluation to the next within a solve, so APG with momentum is a stateful
+Denoiser (``jaxdiff.denoiser``): the samplers' driver carries m through every evaluation (a
+two-evaluation Heun step advances it twice, as in the public implementations, which update
+their buffer once per guided prediction) and across a split solve's segments.  m has the
+shape of x and is per example.  Outside the guidance interval m is left unchanged.  With
+``momentum=True`` and beta = 0 the result is APG without momentum bit for bit; called as a
+pure function (e.g. wrapped in another transform or by a search) it raises.
 
 Shapes: x (B, ...), t () or (B,), cond a pytree with leading dimension B; scale () or (B,),
-eta and r scalars, all traced.  Guidance applies for t in (t_lo, t_hi] as in CFG, the
+eta, r and beta scalars, all traced.  Guidance applies for t in (t_lo, t_hi] as in CFG, the
 conditional model elsewhere.
 """
 from __future__ import annotations
@@ -53,7 +64,7 @@ def project(v: Array, onto: Array) -> tuple[Array, Array]:
 
 @dataclasses.dataclass(frozen=True)
 class APG(Guided):
-    """Adaptive projected guidance (without momentum).
+    """Adaptive projected guidance, with or without momentum.
 
     Args:
       inner: a conditional Denoiser that also accepts the null condition.
@@ -63,6 +74,9 @@ class APG(Guided):
         rescaling.
       null: the null condition (traced), as for CFG.
       t_lo, t_hi: guidance interval in t (traced).
+      beta: the momentum weight (traced; the paper's experiments use negative values).
+      momentum: static; True makes APG stateful, carrying the running update m (module
+        docstring); False ignores beta.
     """
 
     inner: DenoiserBase
@@ -72,8 +86,31 @@ class APG(Guided):
     null: Any = 0
     t_lo: Any = 0.0
     t_hi: Any = 1.0
+    beta: Any = 0.0
+    momentum: bool = False
+
+    @property
+    def stateful(self) -> bool:
+        return self.momentum
+
+    def init_state(self, shape):
+        return jnp.zeros(shape, jnp.float32) if self.momentum else ()
 
     def x0(self, x, t, cond=None):
+        if self.momentum:
+            raise ValueError("APG with momentum carries its running update from one evaluation "
+                             "to the next: sample it with samplers.sample as the outermost "
+                             "denoiser (not wrapped in another transform, not in a search)")
+        return self._guide(x, t, cond, None)[0]
+
+    def x0_step(self, x, t, cond, state):
+        if not self.momentum:
+            return self.x0(x, t, cond), state
+        return self._guide(x, t, cond, state)
+
+    def _guide(self, x, t, cond, running):
+        """(guided x0 (B, ...), the new running update or None); ``running``: m (B, ...) or
+        None (no momentum)."""
         if cond is None:
             raise ValueError("APG needs a condition: cond is None")
         check_cond_batch(cond, x.shape[0])
@@ -81,26 +118,30 @@ class APG(Guided):
         c, u = conditional_and_unconditional(self.inner, x, t, cond, self.null)
         axes = tuple(range(1, x.ndim))
         diff = c - u
+        s = interval_scale(self.scale, t, self.t_lo, self.t_hi, x)
+        if running is not None:
+            inside = ((t > self.t_lo) & (t <= self.t_hi)).reshape(s.shape)
+            diff = diff + jnp.asarray(self.beta, jnp.float32) * running
+            running = jnp.where(inside, diff, running)
         r = jnp.asarray(self.norm_threshold, jnp.float32)
         norm = jnp.sqrt(jnp.sum(diff * diff, axis=axes, keepdims=True))
         shrink = jnp.where((r > 0) & (norm > r), r / jnp.where(norm > 0, norm, 1.0), 1.0)
         diff = diff * shrink
         par, orth = project(diff, c)
         update = orth + jnp.asarray(self.eta, jnp.float32) * par
-        s = interval_scale(self.scale, t, self.t_lo, self.t_hi, x)
-        return c + (s - 1.0) * update
+        return c + (s - 1.0) * update, running
 
 
 jax.tree_util.register_dataclass(
-    APG, data_fields=["inner", "scale", "eta", "norm_threshold", "null", "t_lo", "t_hi"],
-    meta_fields=[])
+    APG, data_fields=["inner", "scale", "eta", "norm_threshold", "null", "t_lo", "t_hi", "beta"],
+    meta_fields=["momentum"])
 
 
 def _defaults():
     import ml_collections
 
     return ml_collections.ConfigDict(dict(scale=2.0, eta=0.0, norm_threshold=0.0, t_lo=0.0,
-                                          t_hi=1.0))
+                                          t_hi=1.0, momentum=0.0))
 
 
 def _check(section) -> None:
@@ -109,15 +150,18 @@ def _check(section) -> None:
     check_scale_and_interval(section)
     number(section.get("eta"), "guidance.eta")
     number(section.get("norm_threshold"), "guidance.norm_threshold", low=0.0)
+    number(section.get("momentum"), "guidance.momentum", low=-1.0, low_open=True, high=1.0)
 
 
 @register_guidance("apg", defaults=_defaults, check=_check,
-                   evals_per_call=lambda section: 2)
+                   evals_per_call=lambda section: 2, switches=("momentum",))
 def build_apg(inner, section, spec):
     """APG around a class-conditional model; an unconditional model is returned unguided (as
-    CFG)."""
+    CFG).  ``section.momentum`` is beta; a nonzero one makes the Denoiser stateful."""
     if spec.num_classes == 0:
         return inner
+    beta = float(section.get("momentum", 0.0))
     return APG(inner, scale=float(section.scale), eta=float(section.eta),
                norm_threshold=float(section.norm_threshold), null=spec.null,
-               t_lo=float(section.t_lo), t_hi=float(section.t_hi))
+               t_lo=float(section.t_lo), t_hi=float(section.t_hi), beta=beta,
+               momentum=beta != 0.0)

@@ -109,7 +109,9 @@ def register_guidance(name: str, *, defaults: Callable | None = None,
     check: check(section) raising ConfigError naming a bad ``config.guidance`` field.
     evals_per_call: section -> network evaluations per guided call (default 1).
     meta: e.g. ``inner_takes_w=True`` for a transform whose inner Denoiser takes a guidance
-      weight in its condition (read by tests/test_guidance_conformance.py).
+      weight in its condition; ``switches=(field, ...)`` for float fields whose zero and
+      nonzero values build different programs (APG's momentum makes it stateful), all other
+      values being traced (both read by tests/test_guidance_conformance.py).
     """
     return GUIDANCE.register(name, defaults=defaults, check=check,
                              evals_per_call=evals_per_call or (lambda section: 1), **meta)

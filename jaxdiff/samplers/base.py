@@ -80,6 +80,9 @@ class SamplerContext:
         scalar), for rules written in terms of the total, e.g. EDM's gamma = S_churn / N;
         None means ``grid.steps``.
     step_offset: steps of that solve before this grid's first point (int or traced int32).
+    state: for a stateful Denoiser, the box holding its state as of the latest ``denoise``
+        (None for a pure one).  Samplers never touch it: they write their loops and branches
+        with ``ctx.scan``, ``ctx.cond`` and ``ctx.fori_loop``, which carry it through.
     """
 
     denoise: Callable[[Array, Array, Array], Array]
@@ -90,6 +93,39 @@ class SamplerContext:
     history: Any = None
     total_steps: Any = None
     step_offset: Any = 0
+    state: StateBox | None = None
+
+    def scan(self, f: Callable, init: Any, xs: Any) -> tuple[Any, Any]:
+        """``jax.lax.scan(f, init, xs)``, also carrying a stateful Denoiser's state through the
+        loop; for a pure Denoiser exactly ``lax.scan`` (the same program)."""
+        if self.state is None:
+            return jax.lax.scan(f, init, xs)
+        body = self.state.threaded(f)
+
+        def step(carry_and_state, x):
+            (carry, y), state = body(carry_and_state[1], carry_and_state[0], x)
+            return (carry, state), y
+
+        (carry, self.state.value), ys = jax.lax.scan(step, (init, self.state.value), xs)
+        return carry, ys
+
+    def fori_loop(self, lower: int, upper: int, f: Callable, init: Any) -> Any:
+        """``jax.lax.fori_loop`` carrying the Denoiser state, as ``scan``."""
+        if self.state is None:
+            return jax.lax.fori_loop(lower, upper, f, init)
+        body = self.state.threaded(f)
+        out, self.state.value = jax.lax.fori_loop(
+            lower, upper, lambda i, c: body(c[1], i, c[0]), (init, self.state.value))
+        return out
+
+    def cond(self, pred: Array, true_fn: Callable, false_fn: Callable, *operands) -> Any:
+        """``jax.lax.cond`` whose branches may evaluate the Denoiser, carrying its state."""
+        if self.state is None:
+            return jax.lax.cond(pred, true_fn, false_fn, *operands)
+        box = self.state
+        out, box.value = jax.lax.cond(pred, box.threaded(true_fn), box.threaded(false_fn),
+                                      box.value, *operands)
+        return out
 
     def denoise_at(self, y: Array, i: Array) -> Array:
         """D(y) at grid point i."""
@@ -104,6 +140,26 @@ class SamplerContext:
     def steps_in_solve(self) -> Array | int:
         """``total_steps``, defaulting to this grid's steps."""
         return self.grid.steps if self.total_steps is None else self.total_steps
+
+
+class StateBox:
+    """A stateful Denoiser's state while one solve is traced: ``denoise`` reads and replaces
+    ``value``; ``threaded(fn)`` turns a loop body or branch into one that takes the state as
+    its first argument and returns (result, state), so the state enters and leaves every
+    ``lax`` control-flow primitive as an explicit operand (no tracer escapes its trace)."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def threaded(self, fn: Callable) -> Callable:
+        def wrapped(state, *args):
+            outer, self.value = self.value, state
+            try:
+                out = fn(*args)
+                return out, self.value
+            finally:
+                self.value = outer
+        return wrapped
 
 
 def concrete_number(value: Any) -> float | None:
@@ -273,6 +329,8 @@ class SolverCarry:
     total_steps: int32 scalar, steps of the whole solve (EDM's N in heun_sde's churn).
     history: the sampler's own pytree (e.g. previous data predictions, (B, ...) each).
     sampler, shape: static; the carry only continues the same sampler on the same shape.
+    denoiser_state: a stateful Denoiser's state after the segment's last evaluation (() for
+        a pure one), so the next segment's first evaluation continues it.
     """
 
     step: Array
@@ -280,9 +338,11 @@ class SolverCarry:
     history: Any
     sampler: str
     shape: tuple[int, ...]
+    denoiser_state: Any = ()
 
 
-jax.tree_util.register_dataclass(SolverCarry, data_fields=["step", "total_steps", "history"],
+jax.tree_util.register_dataclass(SolverCarry,
+                                 data_fields=["step", "total_steps", "history", "denoiser_state"],
                                  meta_fields=["sampler", "shape"])
 
 
@@ -364,11 +424,11 @@ def _resampled_solve(spec: SamplerSpec, ctx: SamplerContext, y: Array, keys: Arr
             return take(y_back, lambda: normal_per_example(step_keys, 2 * r, example_shape))
 
         y_next = take(y, lambda: ctx.noise(i))
-        return jax.lax.fori_loop(1, resample, again, y_next)
+        return ctx.fori_loop(1, resample, again, y_next)
 
     steps = g.steps
     noisy_steps = steps - 1 if g.clean_end else steps
-    y, _ = jax.lax.scan(lambda y, i: (one_step(i, y, False), None), y, jnp.arange(noisy_steps))
+    y, _ = ctx.scan(lambda y, i: (one_step(i, y, False), None), y, jnp.arange(noisy_steps))
     if g.clean_end:
         y = one_step(steps - 1, y, True)
     return y
@@ -392,8 +452,15 @@ def _run(name: str, static_options: tuple, traced_options: dict, denoiser: Denoi
     def noise(i):
         return normal_per_example(keys, step_offset + i + 1, shape[1:])
 
+    box = None
+    if denoiser.stateful:
+        box = StateBox(denoiser.init_state(shape) if carry is None else carry.denoiser_state)
+
     def denoise(y, t, alpha):
-        return denoiser(alpha * y, t, cond)
+        if box is None:
+            return denoiser(alpha * y, t, cond)
+        x0, box.value = denoiser.x0_step(alpha * y, t, cond, box.value)
+        return x0
 
     if x_start is None:
         y = grid.sigma_ve[0] * normal_per_example(keys, 0, shape[1:])
@@ -402,7 +469,7 @@ def _run(name: str, static_options: tuple, traced_options: dict, denoiser: Denoi
     options = dict(static_options)
     options.update(traced_options)
     ctx = SamplerContext(denoise, grid, noise, denoiser.schedule, options, history,
-                         total_steps, step_offset)
+                         total_steps, step_offset, box)
     if resample > 1:
         y, history = _resampled_solve(spec, ctx, y, keys, shape[1:], resample), ()
     elif spec.solve is None:
@@ -412,7 +479,7 @@ def _run(name: str, static_options: tuple, traced_options: dict, denoiser: Denoi
     if grid.clean_end:
         return y, None
     return grid.alpha[-1] * y, SolverCarry(step_offset + grid.steps, total_steps, history, name,
-                                           shape)
+                                           shape, () if box is None else box.value)
 
 
 _run_jit = jax.jit(_run, static_argnames=("name", "static_options", "shape", "resample"))
@@ -526,6 +593,10 @@ def sample(denoiser: DenoiserBase, key: Array, shape: tuple[int, ...], *,
             raise ValueError("a carry continues a solve from its state: pass x_start=out.x")
         if step_offset is not None or total_steps is not None:
             raise ValueError("a carry sets step_offset and total_steps; give neither with it")
+        expected = jax.eval_shape(lambda: denoiser.init_state(shape)) if denoiser.stateful else ()
+        if jax.tree.structure(carry.denoiser_state) != jax.tree.structure(expected):
+            raise ValueError("carry was made with a denoiser of another kind (stateful or not): "
+                             "continue a solve with the denoiser that began it")
     else:
         step_offset = 0 if step_offset is None else step_offset
         off = concrete_number(step_offset)

@@ -35,7 +35,7 @@ def consistency_run(ctx: SamplerContext, y: jax.Array) -> jax.Array:
         spread = jnp.sqrt(jnp.maximum(s_next**2 - s_min**2, 0.0))
         return jnp.where(s_next > 0, x0 + spread * ctx.noise(i), x0), None
 
-    y, _ = jax.lax.scan(step, y, jnp.arange(ctx.grid.steps))
+    y, _ = ctx.scan(step, y, jnp.arange(ctx.grid.steps))
     return y
 
 

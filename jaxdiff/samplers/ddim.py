@@ -44,7 +44,7 @@ def ddim_run(ctx: SamplerContext, y: jax.Array) -> jax.Array:
         d = ctx.denoise_at(y, i)
         return ddim_step(y, d, sig[i], sig[i + 1], eta, ctx.noise(i)), None
 
-    y, _ = jax.lax.scan(step, y, jnp.arange(ctx.grid.steps))
+    y, _ = ctx.scan(step, y, jnp.arange(ctx.grid.steps))
     return y
 
 

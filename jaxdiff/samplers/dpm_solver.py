@@ -105,7 +105,7 @@ def solve(ctx: SamplerContext, y: Array, order: int) -> tuple[Array, dict]:
         y = ratio * y + psi0 * d0 + c1 * (d0 - d1) + c2 * (d1 - d2)
         return (y, d0, d1), None
 
-    (y, d1, d2), _ = jax.lax.scan(step, (y, d1, d2), jnp.arange(n))
+    (y, d1, d2), _ = ctx.scan(step, (y, d1, d2), jnp.arange(n))
     history = {"d": (d1, d2), "lam": jnp.stack([lam[n], lam[n + 1]]),
                "known": jnp.asarray(known + n, jnp.int32)}
     return y, history

@@ -25,5 +25,5 @@ def run(ctx: SamplerContext, y: jax.Array) -> jax.Array:
         d = (y - ctx.denoise_at(y, i)) / sig[i]
         return y + (sig[i + 1] - sig[i]) * d, None
 
-    y, _ = jax.lax.scan(step, y, jnp.arange(ctx.grid.steps))
+    y, _ = ctx.scan(step, y, jnp.arange(ctx.grid.steps))
     return y

@@ -182,9 +182,9 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict | None]:
         return (y_new, m_next, m0, s, std[j]), None
 
     if ctx.grid.clean_end:
-        (_, m_last, *_), _ = jax.lax.scan(step, carry0, jnp.arange(n - 1))
+        (_, m_last, *_), _ = ctx.scan(step, carry0, jnp.arange(n - 1))
         return m_last, None   # the final step to sigma = 0 lands on D(y_{N-1})
-    (y, m0, m1, s_prev, std_prev), _ = jax.lax.scan(step, carry0, jnp.arange(n))
+    (y, m0, m1, s_prev, std_prev), _ = ctx.scan(step, carry0, jnp.arange(n))
     return y, {"d": (m0, m1), "s_prev": s_prev, "std_prev": std_prev,
                "known": jnp.asarray(known + n, jnp.int32)}
 

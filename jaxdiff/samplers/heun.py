@@ -69,8 +69,8 @@ def run(ctx: SamplerContext, y: Array) -> Array:
         return _plain_step(ctx, y, i), None
 
     if not ctx.grid.clean_end:
-        return jax.lax.scan(step, y, jnp.arange(n))[0]
-    y, _ = jax.lax.scan(step, y, jnp.arange(n - 1))
+        return ctx.scan(step, y, jnp.arange(n))[0]
+    y, _ = ctx.scan(step, y, jnp.arange(n - 1))
     # last step: Euler to sigma = 0, y + (0 - s)(y - D)/s = D
     return ctx.denoise_at(y, n - 1)
 
@@ -130,17 +130,17 @@ def solve_sde(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
         return _heun_step(ctx, y_hat, s_hat, (y_hat - d0) / s_hat, i)
 
     def step(y, i):
-        return jax.lax.cond(_gamma(ctx, i) > 0, churned_step,
-                            lambda y, i: _plain_step(ctx, y, i), y, i), None
+        return ctx.cond(_gamma(ctx, i) > 0, churned_step,
+                        lambda y, i: _plain_step(ctx, y, i), y, i), None
 
     if not ctx.grid.clean_end:
-        y, _ = jax.lax.scan(step, y, jnp.arange(n))
+        y, _ = ctx.scan(step, y, jnp.arange(n))
     else:
-        y, _ = jax.lax.scan(step, y, jnp.arange(n - 1))
+        y, _ = ctx.scan(step, y, jnp.arange(n - 1))
         # last step: churn, then Euler from sigma_hat to 0, which lands on D(y_hat, sigma_hat)
         last = jnp.asarray(n - 1)
-        y = jax.lax.cond(_gamma(ctx, last) > 0, lambda y: _churn(ctx, y, last, s_cap)[2],
-                         lambda y: ctx.denoise_at(y, last), y)
+        y = ctx.cond(_gamma(ctx, last) > 0, lambda y: _churn(ctx, y, last, s_cap)[2],
+                     lambda y: ctx.denoise_at(y, last), y)
     return y, {"s_cap": s_cap}
 
 

@@ -73,7 +73,7 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
         return (y + (sig[i + 1] - sig[i]) * slope, d0, d1, d2), None
 
     n_ab = n - 1 if ctx.grid.clean_end else n
-    (y, *slopes), _ = jax.lax.scan(step, (y, *slopes), jnp.arange(n_ab))
+    (y, *slopes), _ = ctx.scan(step, (y, *slopes), jnp.arange(n_ab))
     if ctx.grid.clean_end:   # last step: Euler to sigma = 0, which lands on D
         y = ctx.denoise_at(y, n - 1)
     return y, {"d": tuple(slopes), "known": jnp.asarray(known + n_ab, jnp.int32)}

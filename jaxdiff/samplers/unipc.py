@@ -117,10 +117,10 @@ def solve(ctx: SamplerContext, y: Array) -> tuple[Array, dict]:
         return (y_corr, d_new, d0, d1), None
 
     if ctx.grid.clean_end:
-        (_, d_last, _, _), _ = jax.lax.scan(step, (y, *preds), jnp.arange(n - 1))
+        (_, d_last, _, _), _ = ctx.scan(step, (y, *preds), jnp.arange(n - 1))
         # final step to sigma = 0: order 1, e^{-h} = 0, y_N = D(y_{N-1}); no corrector
         return d_last, None
-    (y, *preds), _ = jax.lax.scan(step, (y, *preds), jnp.arange(n))
+    (y, *preds), _ = ctx.scan(step, (y, *preds), jnp.arange(n))
     history = {"d": tuple(preds), "lam": jnp.stack([lam[n], lam[n + 1]]),
                "known": jnp.asarray(known + n, jnp.int32)}
     return y, history
