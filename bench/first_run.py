@@ -2,6 +2,7 @@
 and how long each of its stages takes.
 
   python -m bench.first_run recipes  [--steps 1200] [--samples 500] [--variants base,edm,...]
+  python -m bench.first_run ema      [--decays 0.995,0.99,0.998,0.999] [--steps N] [--samples 1000]
   python -m bench.first_run samplers --workdir RUN [--samples 1000] [--samplers ddim:50,...]
   python -m bench.first_run stages   [--workdir DIR] [--fresh-clone]
   python -m bench.first_run torch    [--seconds S] [--torch-python PATH]
@@ -9,7 +10,8 @@ and how long each of its stages takes.
 ``recipes`` trains ``configs/mnist5k.py`` once per variant (a set of ``--config`` overrides, the
 table ``VARIANTS``) for the same number of steps, samples each with the same sampler and reports
 the own-feature FD and class accuracy in the pinned feature space, with the training time.
-``samplers`` takes one trained run and evaluates several samplers / step counts on it.
+``ema`` trains the shipped recipe once with several EMA decays and evaluates each EMA and the raw
+parameters.  ``samplers`` takes one trained run and evaluates several samplers / step counts on it.
 ``stages`` runs the first command's job (train, sample, eval in one process, as the README
 does) from an empty ``JAXDIFF_CACHE`` and reports the wall time of each stage and the final
 quality; ``--fresh-clone`` runs it in a fresh clone of HEAD with a new venv and times the
@@ -68,7 +70,11 @@ VARIANTS = {
     "lr4e-3_b2_0.95": ("lr 4e-3, Adam b2 0.95", {"optim.lr": 4e-3, "optim.b2": 0.95}),
     "lr4e-3_b2_ema0.998": ("lr 4e-3, Adam b2 0.99, EMA 0.998",
                            {"optim.lr": 4e-3, "optim.b2": 0.99, "train.ema_decays": "(0.998,)"}),
+    # levers on top of the shipped recipe (lr 4e-3, b2 0.99); EMA lengths: the `ema` command
+    "final_batch64": ("lr 4e-3, Adam b2 0.99, batch 64 (half the steps: the same examples)",
+                      {"optim.lr": 4e-3, "optim.b2": 0.99, "train.batch_size": 64}),
 }
+BATCH = 32  # configs/mnist5k.py's batch: a variant with another batch sees the same examples
 
 
 def _flags(overrides: dict) -> list[str]:
@@ -118,8 +124,8 @@ def run_recipes(args) -> dict:
             sys.exit(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
     for name in names:
         what, overrides = VARIANTS[name]
-        steps = args.steps // 2 if name == "batch64" else args.steps
-        key = name if steps == 1200 or name == "batch64" else f"{name}@{steps}"
+        steps = args.steps * BATCH // int(overrides.get("train.batch_size", BATCH))
+        key = name if args.steps == 1200 else f"{name}@{args.steps}"
         workdir = os.path.join(args.root, key)
         flags = _flags({"train.num_steps": steps, "sample.num_samples": args.samples,
                         "sample.sampler": args.sampler.split(":")[0],
@@ -129,6 +135,28 @@ def run_recipes(args) -> dict:
         out[key] = dict(what=what, overrides=overrides, train_steps=steps,
                          train_wall_s=round(train_s, 1), sample_eval_wall_s=round(sample_s, 1),
                          **_eval_result(workdir))
+        print(key, out[key], flush=True)
+    return out
+
+
+def run_ema(args) -> dict:
+    """Trains the shipped recipe once, keeping one EMA per decay of ``--decays`` (the averages
+    only read the parameters, so training is the shipped one), and samples and evaluates each
+    EMA and the raw parameters with the shipped sampler."""
+    decays = [float(d) for d in args.decays.split(",")]
+    workdir = args.workdir or os.path.join(args.root, f"ema@{args.steps}" if args.steps else "ema")
+    flags = _flags({"train.ema_decays": "(" + ",".join(map(str, decays)) + ",)",
+                    "sample.num_samples": args.samples,
+                    **({"train.num_steps": args.steps} if args.steps else {})})
+    train_s = jaxdiff(workdir, "train", flags, args.cache)
+    out = {}
+    for index, decay in [*enumerate(decays), (-1, None)]:
+        wall = jaxdiff(workdir, "sample,eval", flags + [f"--config.sample.ema_index={index}"],
+                       args.cache)
+        key = "raw parameters" if decay is None else f"EMA {decay}"
+        key += f" @{args.steps} steps" if args.steps else ""
+        out[key] = dict(decay=decay, ema_index=index, train_wall_s=round(train_s, 1),
+                        sample_eval_wall_s=round(wall, 1), **_eval_result(workdir))
         print(key, out[key], flush=True)
     return out
 
@@ -260,13 +288,25 @@ def render(results: dict) -> None:
     for section, data in results.items():
         meta, rows = data["meta"], data["rows"]
         commands = meta.get("commands") or [meta["command"]]
-        head = (f"Measured {meta['date']} on {meta['cpu_model']} ({meta['cores']} cores), "
-                f"jax {meta['versions']['jax']}: "
+        tables = all(isinstance(r, dict) for r in rows.values())   # stages / torch: one row
+        machines = sorted({r.get("machine", meta["cpu_model"]) for r in rows.values()}
+                          if tables else {meta["cpu_model"]})
+        where = (f"{meta['date']} on {meta['cpu_model']} ({meta['cores']} cores)"
+                 if len(machines) == 1 else
+                 f"on {' and '.join(machines)} ({meta['cores']} cores each; each row's machine "
+                 f"is in its last column; latest run {meta['date']})")
+        head = (f"Measured {where}, jax {meta['versions']['jax']}: "
                 + ", ".join(f"`{c}`" for c in commands) + ".\n\n")
+        machine_col = [("machine", "machine", "")] if len(machines) > 1 else []
         if section == "recipes":
             body = head + _table(rows, [
                 ("_key", "variant", ""), ("what", "change", ""),
                 ("train_steps", "steps", "d"), ("train_wall_s", "train s", ".0f"),
+                ("fd", "FD", ".3f"), ("accuracy", "accuracy", ".3f"),
+                ("precision", "precision", ".3f"), ("recall", "recall", ".3f")] + machine_col)
+        elif section == "ema":
+            body = head + _table(rows, [
+                ("_key", "weights sampled", ""), ("samples", "samples", "d"),
                 ("fd", "FD", ".3f"), ("accuracy", "accuracy", ".3f"),
                 ("precision", "precision", ".3f"), ("recall", "recall", ".3f")])
         elif section == "samplers":
@@ -274,7 +314,7 @@ def render(results: dict) -> None:
                 ("_key", "sampler:steps", ""), ("nfe_per_sample", "network calls", "d"),
                 ("wall_s", "sample+eval s", ".0f"), ("fd", "FD", ".3f"),
                 ("accuracy", "accuracy", ".3f"), ("precision", "precision", ".3f"),
-                ("recall", "recall", ".3f")])
+                ("recall", "recall", ".3f")] + machine_col)
         elif section == "torch":
             body = head + (f"PyTorch {rows['torch']} + diffusers {rows['diffusers']} "
                            f"({rows['torch_threads']} threads, {rows['params']:,} parameters), "
@@ -306,6 +346,12 @@ def main(argv=None) -> None:
     r.add_argument("--sampler", default="dpmpp_2m:15")
     r.add_argument("--variants", default="base,edm,min_snr,lr2e-3,lr4e-3")
     r.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "first_run_recipes"))
+    e = sub.add_parser("ema")
+    e.add_argument("--decays", default="0.995,0.99,0.998,0.999")
+    e.add_argument("--samples", type=int, default=1000)
+    e.add_argument("--steps", type=int, default=0, help="training steps (default: the config's)")
+    e.add_argument("--workdir", default="")
+    e.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "first_run_recipes"))
     s = sub.add_parser("samplers")
     s.add_argument("--workdir", required=True)
     s.add_argument("--samples", type=int, default=1000)
@@ -321,12 +367,12 @@ def main(argv=None) -> None:
     o.add_argument("--seconds", type=float, default=0.0,
                    help="training wall time (default: jaxdiff's, from `stages`)")
     o.add_argument("--torch-python", default=None, help="the benchmark venv's python")
-    for q in (r, s, t, o):
+    for q in (r, e, s, t, o):
         q.add_argument("--cache", default=tempfile.mkdtemp(prefix="jaxdiff_cache_"),
                        help="JAXDIFF_CACHE of the runs (default: a new, empty one)")
         q.add_argument("--no-write", action="store_true", help="do not touch docs/")
     args = p.parse_args(argv)
-    rows = dict(recipes=run_recipes, samplers=run_samplers, stages=run_stages,
+    rows = dict(recipes=run_recipes, ema=run_ema, samplers=run_samplers, stages=run_stages,
                 torch=run_torch)[args.what](args)
     meta = dict(command="python -m bench.first_run " + " ".join(
         sys.argv[1:] if argv is None else argv), date=time.strftime("%Y-%m-%d"), **cpu_info(),
@@ -336,7 +382,11 @@ def main(argv=None) -> None:
         return
     results = json.load(open(JSON_PATH)) if os.path.exists(JSON_PATH) else {}
     previous = results.get(args.what, {}).get("rows", {}) if args.what in (
-        "recipes", "samplers") else {}
+        "recipes", "ema", "samplers") else {}
+    for row in previous.values():   # rows merged from earlier runs keep their machine
+        row.setdefault("machine", results[args.what]["meta"]["cpu_model"])
+    for row in rows.values():
+        row["machine"] = meta["cpu_model"]
     commands = results.get(args.what, {}).get("meta", {}).get("commands", []) if previous else []
     meta["commands"] = commands + [meta.pop("command").replace(tempfile.gettempdir(), "$TMPDIR")]
     results[args.what] = dict(meta=meta, rows={**previous, **rows})

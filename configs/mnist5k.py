@@ -30,7 +30,8 @@ def get_config():
     config.optim.b2 = 0.99                 # 0.999 -> 0.99: FD 2.6 -> 1.7 at 1,200 steps
     config.optim.warmup_steps = 100
     config.optim.lr_schedule = "cosine"
-    config.train.num_steps = 1800
+    config.train.num_steps = 2400          # 1,800 -> 2,400: FD 1.00 -> 0.85, accuracy 0.979 -> 0.984
+    #                                        on a Xeon (1,800 sat at the goal's threshold)
     config.train.batch_size = 32
     config.train.ema_decays = (0.995,)
     config.train.log_every = 100
