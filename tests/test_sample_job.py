@@ -169,3 +169,19 @@ def test_stitch_section_gives_the_first_steps_to_the_other_model(workdir, tmp_pa
     with pytest.raises(Exception, match=r"config\.stitch\.workdirs\[0\]: no checkpoint"):
         _run(workdir, "st_missing", n=4, stitch=(str(tmp_path / "none"), 0.5))
     assert not os.path.exists(os.path.join(workdir, "samples", "st_missing"))
+
+
+def test_guidance_tags_tell_apart_what_draws_different_samples():
+    """Two guidance sections that draw different samples get different output directories: a
+    CFG guidance interval or APG's momentum is part of the tag; CFG at its defaults keeps the
+    short 'cfg<scale>'."""
+    from jaxdiff.guidance import guidance_config
+
+    def tag(name, **fields):
+        return IO.guidance_tag(guidance_config(name, **fields).to_dict())
+
+    assert tag("cfg", scale=1.65) == "cfg1.65"
+    tags = [tag("cfg", scale=2.0), tag("cfg", scale=2.0, t_lo=0.2),
+            tag("cfg", scale=2.0, t_hi=0.9), tag("apg", scale=2.0),
+            tag("apg", scale=2.0, momentum=-0.5)]
+    assert len(set(tags)) == len(tags), tags

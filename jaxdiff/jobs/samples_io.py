@@ -92,9 +92,16 @@ def denoiser_protocol(config) -> dict:
 
 
 def guidance_tag(guidance: dict) -> str:
-    """Short name of a guidance section: 'cfg2', 'none', or name + its first number."""
+    """Short name of a guidance section: 'none'; 'cfg2', plus each other field that differs
+    from CFG's defaults ('cfg2-t_hi0.9' for a guidance interval); or name + its numbers."""
     if guidance["name"] == "cfg":
-        return f"cfg{guidance['scale']:g}"
+        from jaxdiff.guidance import guidance_config
+
+        defaults = guidance_config("cfg").to_dict()
+        return f"cfg{guidance['scale']:g}" + "".join(
+            f"-{k}{v:g}" if isinstance(v, (int, float)) else f"-{k}{v}"
+            for k, v in sorted(guidance.items())
+            if k not in ("name", "scale") and v != defaults.get(k))
     nums = [f"{v:g}" for k, v in sorted(guidance.items())
             if k != "name" and isinstance(v, (int, float)) and not isinstance(v, bool)]
     return guidance["name"] + ("-" + "-".join(nums) if nums else "")
