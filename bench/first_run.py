@@ -319,7 +319,7 @@ def render(results: dict) -> None:
             body = head + (f"PyTorch {rows['torch']} + diffusers {rows['diffusers']} "
                            f"({rows['torch_threads']} threads, {rows['params']:,} parameters), "
                            f"trained for the {rows['seconds_given']:.0f} s jaxdiff's training "
-                           f"took in `stages`.\n\n") + _table({"diffusers": rows}, [
+                           f"took in that day's `stages` run.\n\n") + _table({"diffusers": rows}, [
                 ("train_wall_s", "train s", ".0f"), ("train_steps", "steps", "d"),
                 ("fitted_steps", "steps fitted", "d"),
                 ("sample_wall_s", "sample s", ".0f"), ("fd", "FD", ".3f"),
@@ -383,10 +383,11 @@ def main(argv=None) -> None:
     results = json.load(open(JSON_PATH)) if os.path.exists(JSON_PATH) else {}
     previous = results.get(args.what, {}).get("rows", {}) if args.what in (
         "recipes", "ema", "samplers") else {}
-    for row in previous.values():   # rows merged from earlier runs keep their machine
-        row.setdefault("machine", results[args.what]["meta"]["cpu_model"])
-    for row in rows.values():
-        row["machine"] = meta["cpu_model"]
+    if args.what in ("recipes", "ema", "samplers"):   # tables: every row names its machine
+        for row in previous.values():
+            row.setdefault("machine", results[args.what]["meta"]["cpu_model"])
+        for row in rows.values():
+            row["machine"] = meta["cpu_model"]
     commands = results.get(args.what, {}).get("meta", {}).get("commands", []) if previous else []
     meta["commands"] = commands + [meta.pop("command").replace(tempfile.gettempdir(), "$TMPDIR")]
     results[args.what] = dict(meta=meta, rows={**previous, **rows})

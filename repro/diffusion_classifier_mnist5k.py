@@ -185,7 +185,7 @@ def check(args) -> None:
     if not os.path.isdir(os.path.join(args.workdir, "checkpoints")):
         raise MissingPrerequisite(
             f"no trained model in {args.workdir} (no {os.path.join(args.workdir, 'checkpoints')}"
-            f"); train it first:\n  {train_command(args)}\n(the README's main job, 1,800 "
+            f"); train it first:\n  {train_command(args)}\n(the README's main job, 2,400 "
             "steps; the headline number of docs/methods used --config.train.num_steps=3000)")
 
 
