@@ -75,6 +75,7 @@ VARIANTS = {
                       {"optim.lr": 4e-3, "optim.b2": 0.99, "train.batch_size": 64}),
 }
 BATCH = 32  # configs/mnist5k.py's batch: a variant with another batch sees the same examples
+TABLES = ("recipes", "ema", "samplers")  # sections of many rows (merged over runs, per machine)
 
 
 def _flags(overrides: dict) -> list[str]:
@@ -288,9 +289,8 @@ def render(results: dict) -> None:
     for section, data in results.items():
         meta, rows = data["meta"], data["rows"]
         commands = meta.get("commands") or [meta["command"]]
-        tables = all(isinstance(r, dict) for r in rows.values())   # stages / torch: one row
         machines = sorted({r.get("machine", meta["cpu_model"]) for r in rows.values()}
-                          if tables else {meta["cpu_model"]})
+                          if section in TABLES else {meta["cpu_model"]})
         where = (f"{meta['date']} on {meta['cpu_model']} ({meta['cores']} cores)"
                  if len(machines) == 1 else
                  f"on {' and '.join(machines)} ({meta['cores']} cores each; each row's machine "
@@ -381,9 +381,8 @@ def main(argv=None) -> None:
     if args.no_write:
         return
     results = json.load(open(JSON_PATH)) if os.path.exists(JSON_PATH) else {}
-    previous = results.get(args.what, {}).get("rows", {}) if args.what in (
-        "recipes", "ema", "samplers") else {}
-    if args.what in ("recipes", "ema", "samplers"):   # tables: every row names its machine
+    previous = results.get(args.what, {}).get("rows", {}) if args.what in TABLES else {}
+    if args.what in TABLES:   # every row names its machine
         for row in previous.values():
             row.setdefault("machine", results[args.what]["meta"]["cpu_model"])
         for row in rows.values():

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jaxdiff.cond import check_cond_batch
 from jaxdiff.denoiser import DenoiserBase, batch_times
 from jaxdiff.guidance.base import (Guided, check_scale_and_interval,
-                                   conditional_and_unconditional, interval_scale,
+                                   conditional_and_unconditional, in_interval, interval_scale,
                                    register_guidance)
 
 Array = jax.Array
@@ -120,7 +120,7 @@ class APG(Guided):
         diff = c - u
         s = interval_scale(self.scale, t, self.t_lo, self.t_hi, x)
         if running is not None:
-            inside = ((t > self.t_lo) & (t <= self.t_hi)).reshape(s.shape)
+            inside = in_interval(t, self.t_lo, self.t_hi).reshape(s.shape)
             diff = diff + jnp.asarray(self.beta, jnp.float32) * running
             running = jnp.where(inside, diff, running)
         r = jnp.asarray(self.norm_threshold, jnp.float32)

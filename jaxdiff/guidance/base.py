@@ -64,13 +64,19 @@ class NullCondition(Guided):
 jax.tree_util.register_dataclass(NullCondition, data_fields=["inner"], meta_fields=["null"])
 
 
+def in_interval(t, t_lo, t_hi):
+    """(B,) bool: t in the guidance interval (t_lo, t_hi] (Kynkaanniemi et al. 2024, "Applying
+    guidance in a limited interval").  ``t``: (B,)."""
+    return (t > t_lo) & (t <= t_hi)
+
+
 def interval_scale(scale, t, t_lo, t_hi, x):
     """The per-example guidance scale, shaped to broadcast against ``x`` (B, 1, ..., 1):
-    ``scale`` (() or (B,)) for t in (t_lo, t_hi] (Kynkaanniemi et al. 2024, "Applying guidance
-    in a limited interval"), 1 (the guided-towards model alone) elsewhere.  ``t``: (B,)."""
+    ``scale`` (() or (B,)) for t in the interval (t_lo, t_hi] (``in_interval``), 1 (the
+    guided-towards model alone) elsewhere.  ``t``: (B,)."""
     import jax.numpy as jnp
 
-    inside = (t > t_lo) & (t <= t_hi)
+    inside = in_interval(t, t_lo, t_hi)
     s = jnp.where(inside, jnp.broadcast_to(jnp.asarray(scale, jnp.float32), t.shape), 1.0)
     return s.reshape((-1,) + (1,) * (x.ndim - 1))
 
